@@ -1,0 +1,3 @@
+from fused_mup.cli import main
+
+raise SystemExit(main())
