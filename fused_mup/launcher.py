@@ -1,0 +1,221 @@
+"""Launcher: turns lists of tensors into the kernel's device tables, grid and device guard.
+
+One :class:`Bucket` is one kernel launch: all tensors that share a device, a param dtype, a state
+dtype and the two compile-time switches (AMSGrad, maximize). A normal model has one bucket.
+The bucket's static columns (param, state and step addresses, sizes, chunk map) are built once;
+per step only the grad addresses and the per-group scalars can change, and each is uploaded only
+when it did change, with a non-blocking copy from pinned memory, so ``step()`` never waits on the
+device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "Bucket",
+    "BucketKey",
+    "KernelConfig",
+    "TensorSlot",
+    "build_bucket",
+    "group_table",
+    "launch",
+    "triton_available_for",
+]
+
+# fp64 columns of the group table, in kernel order: lr, decay, beta1, beta2, eps.
+GROUP_TABLE_COLS = 5
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes. ``chunk_size`` elements per program, walked in ``block``-wide steps.
+
+    64k-element chunks give ~20k programs for a 1.3B model, enough to fill any GPU, while a
+    tensor of a few thousand elements is still one program.
+    """
+
+    block: int = 1024
+    chunk_size: int = 65536
+    num_warps: int = 4
+
+    def __post_init__(self) -> None:
+        if self.block <= 0 or self.block & (self.block - 1):
+            raise ValueError(f"KernelConfig.block must be a power of two, got {self.block}")
+        if self.chunk_size <= 0 or self.chunk_size % self.block:
+            raise ValueError(
+                f"KernelConfig.chunk_size must be a positive multiple of block={self.block}, "
+                f"got {self.chunk_size}"
+            )
+
+
+@dataclass(frozen=True)
+class BucketKey:
+    device: torch.device
+    param_dtype: torch.dtype  # real dtype: complex params are updated through view_as_real
+    state_dtype: torch.dtype
+    amsgrad: bool
+    maximize: bool
+
+
+@dataclass
+class TensorSlot:
+    """One parameter as the kernel sees it: real views of param and states, plus its group."""
+
+    param: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    max_exp_avg_sq: torch.Tensor | None
+    step: torch.Tensor
+    group_index: int
+
+
+@dataclass
+class Bucket:
+    key: BucketKey
+    slots: list[TensorSlot]
+    tensor_table_host: torch.Tensor  # int64 [n, TENSOR_COLS], grad column rewritten per step
+    tensor_table: torch.Tensor  # the same on the device
+    chunk_table: torch.Tensor  # int64 [n_programs, CHUNK_COLS]
+    done_count: torch.Tensor  # int32 [n], scratch for the last-program-writes-step rule
+    n_programs: int
+    grad_addresses: list[int] = field(default_factory=list)
+
+
+def _tl_dtype(dtype: torch.dtype):
+    import triton.language as tl
+
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[
+        dtype
+    ]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_available_for(device: torch.device) -> bool:
+    """Whether the Triton kernel can run on tensors of ``device`` in this process."""
+    if device.type == "cpu":
+        return _interpreting()
+    return device.type == "cuda"
+
+
+def _upload(host: torch.Tensor, device: torch.device, out: torch.Tensor | None = None):
+    """Host -> device copy that never blocks the host: pinned staging, non_blocking copy."""
+    if device.type == "cpu":
+        if out is None:
+            return host.clone()
+        return out.copy_(host)
+    # A fresh pinned buffer per upload: the caching host allocator recycles it only after the
+    # copy has completed, so a later step cannot overwrite bytes still in flight.
+    staging = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+    staging.copy_(host)
+    if out is None:
+        out = torch.empty(host.shape, dtype=host.dtype, device=device)
+    return out.copy_(staging, non_blocking=True)
+
+
+def build_bucket(
+    key: BucketKey,
+    slots: list[TensorSlot],
+    grad_addresses: list[int],
+    config: KernelConfig,
+) -> Bucket:
+    """Builds the static tables of one launch. Runs only when the set of tensors changes."""
+    from fused_mup.kernels import CHUNK_COLS, TENSOR_COLS
+
+    n = len(slots)
+    table = torch.zeros((n, TENSOR_COLS), dtype=torch.int64)
+    chunks: list[tuple[int, int]] = []
+    for i, slot in enumerate(slots):
+        numel = slot.param.numel()
+        # An empty tensor still gets one (empty) program so that its step is counted, as torch
+        # counts it.
+        n_chunks = max(1, math.ceil(numel / config.chunk_size))
+        vmax = slot.max_exp_avg_sq
+        table[i] = torch.tensor(
+            [
+                slot.param.data_ptr(),
+                grad_addresses[i],
+                slot.exp_avg.data_ptr(),
+                slot.exp_avg_sq.data_ptr(),
+                vmax.data_ptr() if vmax is not None else 0,
+                slot.step.data_ptr(),
+                numel,
+                slot.group_index,
+                n_chunks,
+            ],
+            dtype=torch.int64,
+        )
+        chunks.extend((i, c * config.chunk_size) for c in range(n_chunks))
+    chunk_host = torch.tensor(chunks, dtype=torch.int64).reshape(-1, CHUNK_COLS)
+    return Bucket(
+        key=key,
+        slots=slots,
+        tensor_table_host=table,
+        tensor_table=_upload(table, key.device),
+        chunk_table=_upload(chunk_host, key.device),
+        done_count=torch.zeros(n, dtype=torch.int32, device=key.device),
+        n_programs=len(chunks),
+        grad_addresses=list(grad_addresses),
+    )
+
+
+def update_grad_addresses(bucket: Bucket, grad_addresses: list[int]) -> None:
+    """Points the table at this step's grads; uploads only if any grad moved."""
+    if grad_addresses == bucket.grad_addresses:
+        return
+    bucket.tensor_table_host[:, 1] = torch.tensor(grad_addresses, dtype=torch.int64)
+    _upload(bucket.tensor_table_host, bucket.key.device, out=bucket.tensor_table)
+    bucket.grad_addresses = list(grad_addresses)
+
+
+def group_table(values: list[float], device: torch.device, out: torch.Tensor | None):
+    """Uploads the per-group scalars (fp64, GROUP_TABLE_COLS per group)."""
+    host = torch.tensor(values, dtype=torch.float64).reshape(-1, GROUP_TABLE_COLS)
+    if out is not None and out.shape != host.shape:
+        out = None
+    return _upload(host, device, out=out)
+
+
+def _device_guard(device: torch.device):
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def launch(
+    bucket: Bucket,
+    groups: torch.Tensor,
+    grad_scale: torch.Tensor,
+    found_inf: torch.Tensor,
+    config: KernelConfig,
+) -> None:
+    """One kernel launch for the whole bucket."""
+    if bucket.n_programs == 0:
+        return
+    from fused_mup.kernels import adamw_kernel
+
+    key = bucket.key
+    with _device_guard(key.device):
+        adamw_kernel[(bucket.n_programs,)](
+            bucket.tensor_table,
+            bucket.chunk_table,
+            groups,
+            bucket.done_count,
+            grad_scale,
+            found_inf,
+            config.chunk_size,
+            PARAM_DTYPE=_tl_dtype(key.param_dtype),
+            STATE_DTYPE=_tl_dtype(key.state_dtype),
+            AMSGRAD=key.amsgrad,
+            MAXIMIZE=key.maximize,
+            BLOCK=config.block,
+            num_warps=config.num_warps,
+        )

@@ -1,0 +1,140 @@
+"""Multi-tensor AdamW: every tensor of every param group in one launch.
+
+Each program updates one chunk of one tensor. It finds its tensor through small device tables
+built by ``fused_mup.launcher``:
+
+- tensor table, int64 ``[n_tensors, TENSOR_COLS]``: addresses of param, grad, exp_avg,
+  exp_avg_sq, max_exp_avg_sq and step, then numel, group index and number of chunks;
+- chunk table, int64 ``[n_programs, CHUNK_COLS]``: tensor index and first element;
+- group table, fp64 ``[n_groups, GROUP_COLS]``: lr, decay, beta1, beta2, eps.
+
+Hyperparameters come from the group table, never from constexprs, so a new LR never compiles a
+new kernel.
+"""
+
+import triton
+import triton.language as tl
+
+__all__ = ["CHUNK_COLS", "GROUP_COLS", "TENSOR_COLS", "adamw_kernel"]
+
+# Column layout of the tables; the launcher writes them in this order.
+TENSOR_COLS = 9  # param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, numel, group, n_chunks
+CHUNK_COLS = 2  # tensor index, first element
+GROUP_COLS = 5  # lr, decay, beta1, beta2, eps
+
+
+@triton.jit
+def _pow_by_squaring(base, exponent):
+    # beta**step in fp64 by binary exponentiation: exact to a few ulp and built only from
+    # multiplies, where a fp32 exp/log would cost 1e-4 relative error in 1 - beta2**step.
+    result = tl.full((), 1.0, tl.float64)
+    for bit in tl.static_range(31):
+        result = tl.where(((exponent >> bit) & 1) == 1, result * base, result)
+        base = base * base
+    return result
+
+
+@triton.jit
+def adamw_kernel(
+    tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS]
+    chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
+    group_table_ptr,  # fp64 [n_groups, GROUP_COLS]
+    done_count_ptr,  # int32 [n_tensors], zero between launches
+    grad_scale_ptr,  # fp32 scalar: GradScaler's scale, 1.0 without one
+    found_inf_ptr,  # fp32 scalar: nonzero skips the whole step
+    chunk_size,  # elements per program
+    PARAM_DTYPE: tl.constexpr,  # also the grad dtype
+    STATE_DTYPE: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_row = chunk_table_ptr + pid * CHUNK_COLS
+    tensor_idx = tl.load(chunk_row)
+    start = tl.load(chunk_row + 1)  # int64, so tensors past 2**31 elements index correctly
+
+    row = tensor_table_ptr + tensor_idx * TENSOR_COLS
+    param_ptr = tl.load(row).to(tl.pointer_type(PARAM_DTYPE))
+    grad_ptr = tl.load(row + 1).to(tl.pointer_type(PARAM_DTYPE))
+    exp_avg_ptr = tl.load(row + 2).to(tl.pointer_type(STATE_DTYPE))
+    exp_avg_sq_ptr = tl.load(row + 3).to(tl.pointer_type(STATE_DTYPE))
+    max_exp_avg_sq_ptr = tl.load(row + 4).to(tl.pointer_type(STATE_DTYPE))
+    step_ptr = tl.load(row + 5).to(tl.pointer_type(tl.float32))
+    numel = tl.load(row + 6)
+    group_idx = tl.load(row + 7)
+    n_chunks = tl.load(row + 8)
+
+    group_row = group_table_ptr + group_idx * GROUP_COLS
+    lr = tl.load(group_row)
+    decay = tl.load(group_row + 1)
+    beta1 = tl.load(group_row + 2)
+    beta2 = tl.load(group_row + 3)
+    eps = tl.load(group_row + 4).to(tl.float32)
+
+    # GradScaler: read scale and found_inf on the device; an inf step changes nothing, step included.
+    inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
+    update = tl.load(found_inf_ptr) == 0
+    old_step = tl.load(step_ptr)
+    step = old_step + update.to(tl.float32)
+
+    # Scalars in fp64 as torch computes them on the host, then rounded once to fp32.
+    step_int = step.to(tl.int32)
+    bias_correction1 = 1.0 - _pow_by_squaring(beta1, step_int)
+    bias_correction2 = 1.0 - _pow_by_squaring(beta2, step_int)
+    neg_step_size = (-lr / bias_correction1).to(tl.float32)
+    bias_correction2_sqrt = tl.sqrt(bias_correction2).to(tl.float32)
+    keep = (1.0 - decay).to(tl.float32)
+    weight1 = (1.0 - beta1).to(tl.float32)
+    beta2_f = beta2.to(tl.float32)
+    weight2 = (1.0 - beta2).to(tl.float32)
+
+    # On an inf step the range is empty: nothing is read or written.
+    end = tl.where(update, tl.minimum(start + chunk_size, numel), start)
+    # A while loop, not range(): the interpreter cannot take range bounds from loaded scalars
+    # under numpy >= 2.4.
+    block_start = start
+    while block_start < end:
+        offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
+        block_start += BLOCK
+        mask = offsets < end
+        # Math in fp32 whatever the storage dtype; cast only at the store.
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+        grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32) * inv_scale
+        if MAXIMIZE:
+            grad = -grad
+        exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+        exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+
+        param = param * keep
+        # IEEE sqrt and division below (Triton defaults to approximate ones) keep fp32 within
+        # rounding of torch's result.
+        # torch's lerp, which switches form at weight 0.5 to stay exact at both ends.
+        if weight1 < 0.5:
+            exp_avg = exp_avg + weight1 * (grad - exp_avg)
+        else:
+            exp_avg = grad - (grad - exp_avg) * (1.0 - weight1)
+        exp_avg_sq = exp_avg_sq * beta2_f + weight2 * grad * grad
+        if AMSGRAD:
+            max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+            max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq)
+            denom = tl.div_rn(tl.sqrt_rn(max_exp_avg_sq), bias_correction2_sqrt) + eps
+            tl.store(
+                max_exp_avg_sq_ptr + offsets,
+                max_exp_avg_sq.to(STATE_DTYPE),
+                mask=mask,
+            )
+        else:
+            denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
+        param = param + tl.div_rn(neg_step_size * exp_avg, denom)
+
+        tl.store(param_ptr + offsets, param.to(PARAM_DTYPE), mask=mask)
+        tl.store(exp_avg_ptr + offsets, exp_avg.to(STATE_DTYPE), mask=mask)
+        tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(STATE_DTYPE), mask=mask)
+
+    # Every program of a tensor reads the old step above; the last one to finish writes the new
+    # one, so a single launch needs no second pass and no host round trip.
+    finished = tl.atomic_add(done_count_ptr + tensor_idx, 1)
+    if finished == n_chunks - 1:
+        tl.store(step_ptr, step)
+        tl.store(done_count_ptr + tensor_idx, 0)
