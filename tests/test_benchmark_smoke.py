@@ -1,0 +1,90 @@
+"""The CPU smoke benchmark runs in seconds and writes its JSON, markdown and PNG.
+
+Never asserts timings: only that every piece of the pipeline runs and the byte model holds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fused_mup import benchmark as bm
+
+# fp32 (many-small), bf16 params with fp32 states (llama), μP GPT-2 groups: every dtype mode.
+SMOKE_WORKLOADS = "gpt2-124m,llama-1b,many-small"
+
+
+def _fused_mup_ready() -> bool:
+    return bm._fused_mup_check(torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize(
+    ("param", "state", "amsgrad", "expected"),
+    [
+        (torch.float32, None, False, 28),  # read p,g,m,v 16 B + write p,m,v 12 B
+        (torch.float32, torch.float32, True, 36),  # + read/write max_exp_avg_sq
+        (torch.bfloat16, torch.float32, False, 22),  # 2+2+4+4 read, 2+4+4 write
+        (torch.bfloat16, torch.float32, True, 30),
+        (torch.bfloat16, None, False, 14),
+        (torch.float16, torch.float16, False, 14),
+    ],
+)
+def test_bytes_per_param(param, state, amsgrad, expected) -> None:
+    assert bm.bytes_per_param(param, state, amsgrad) == expected
+
+
+def test_full_workloads_match_model_sizes() -> None:
+    ws = bm.workloads(smoke=False)
+    # Published sizes (tied embeddings): 124M, 355M, 1.3B, 1.24B, 3.21B.
+    expected = {"gpt2-124m": 124.4e6, "gpt2-350m": 354.8e6, "gpt2-1.3b": 1.31e9,
+                "llama-1b": 1.236e9, "llama-3b": 3.213e9}  # fmt: skip
+    for name, n in expected.items():
+        assert abs(ws[name].numel - n) / n < 0.01, (name, ws[name].numel)
+        assert 4 <= len(ws[name].groups) <= 6
+    small = ws["many-small"]
+    assert small.n_tensors >= 1000 and len(small.groups) == 8
+    assert all(1000 <= sum(map(int, [torch.Size(s).numel()])) <= 10_000
+               for g in small.groups for s in g.shapes)  # fmt: skip
+    assert ws["llama-3b"].mode == "bf16/fp32" and ws["gpt2-1.3b"].mode == "fp32"
+
+
+def test_smoke_run_writes_outputs(tmp_path, capsys) -> None:
+    out = tmp_path / "bench"
+    rc = bm.main(["--smoke", "--no-progress", "--workloads", SMOKE_WORKLOADS, "--out", str(out)])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "CPU numbers say nothing about GPU speed" in stdout
+    assert "torch_compile skipped in smoke mode" in stdout
+    for name in ("results.json", "results.md", "bandwidth.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "bandwidth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    res = json.loads((out / "results.json").read_text())
+    for key in ("device_name", "driver", "torch", "triton", "git_commit"):
+        assert key in res["meta"]
+    assert res["meta"]["smoke"] is True and res["copy"]["gbps"] > 0
+    rows = {(r["workload"], r["impl"]): r for r in res["rows"]}
+    assert {r["workload"] for r in res["rows"]} == set(SMOKE_WORKLOADS.split(","))
+
+    # The torch baselines always run; missing extras are reported, not dropped.
+    for w in SMOKE_WORKLOADS.split(","):
+        assert rows[(w, "torch_fused")]["status"] == "ok"
+        assert rows[(w, "torch_foreach")]["status"] == "ok"
+        assert rows[(w, "torch_compile")]["status"].startswith("skipped")
+        for extra in ("apex", "te", "optimi"):
+            assert (w, extra) in rows
+        assert rows[(w, "torch_fused")]["launches"] is None  # "n/a" on CPU, never invented
+    assert rows[("many-small", "torch_fused")]["bytes_per_param"] == 28
+    assert rows[("llama-1b", "torch_fused")]["bytes_per_param"] == 14  # torch: bf16 states
+
+    if _fused_mup_ready():
+        assert rows[("many-small", "fused_mup")]["status"] == "ok"
+        assert rows[("llama-1b", "fused_mup")]["status"] == "ok"
+        assert rows[("llama-1b", "fused_mup")]["bytes_per_param"] == 22
+        assert rows[("llama-1b", "fused_mup:pstate")]["bytes_per_param"] == 14
+    assert all(t["met"] is None for t in res["targets"])  # not judged on CPU
+
+    md = (out / "results.md").read_text()
+    assert "| workload |" in md and "torch_fused" in md
