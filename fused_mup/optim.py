@@ -1,4 +1,4 @@
-"""``fused_mup.AdamW``: a drop-in ``torch.optim.AdamW`` that updates the whole model in one launch."""
+"""``fused_mup.AdamW``: a drop-in torch.optim.AdamW that updates the whole model in one launch."""
 
 from __future__ import annotations
 

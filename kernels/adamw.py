@@ -35,6 +35,22 @@ def _pow_by_squaring(base, exponent):
 
 
 @triton.jit
+def _round_to(x, DTYPE: tl.constexpr):
+    """fp32 -> DTYPE, round to nearest even.
+
+    bf16 is rounded by hand, as c10::BFloat16 does, because Triton's interpreter truncates (and
+    its "rtne" mode does not carry into the exponent); on a GPU this equals cvt.rn.bf16.f32.
+    """
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, 0x7FC0, rounded)  # keep NaN a NaN
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
 def adamw_kernel(
     tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS]
     chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
@@ -72,7 +88,8 @@ def adamw_kernel(
     beta2 = tl.load(group_row + 3)
     eps = tl.load(group_row + 4).to(tl.float32)
 
-    # GradScaler: read scale and found_inf on the device; an inf step changes nothing, step included.
+    # GradScaler: scale and found_inf are read on the device; an inf step changes nothing,
+    # its step count included.
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
     update = tl.load(found_inf_ptr) == 0
     old_step = tl.load(step_ptr)
@@ -121,16 +138,16 @@ def adamw_kernel(
             denom = tl.div_rn(tl.sqrt_rn(max_exp_avg_sq), bias_correction2_sqrt) + eps
             tl.store(
                 max_exp_avg_sq_ptr + offsets,
-                max_exp_avg_sq.to(STATE_DTYPE),
+                _round_to(max_exp_avg_sq, STATE_DTYPE),
                 mask=mask,
             )
         else:
             denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
         param = param + tl.div_rn(neg_step_size * exp_avg, denom)
 
-        tl.store(param_ptr + offsets, param.to(PARAM_DTYPE), mask=mask)
-        tl.store(exp_avg_ptr + offsets, exp_avg.to(STATE_DTYPE), mask=mask)
-        tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(STATE_DTYPE), mask=mask)
+        tl.store(param_ptr + offsets, _round_to(param, PARAM_DTYPE), mask=mask)
+        tl.store(exp_avg_ptr + offsets, _round_to(exp_avg, STATE_DTYPE), mask=mask)
+        tl.store(exp_avg_sq_ptr + offsets, _round_to(exp_avg_sq, STATE_DTYPE), mask=mask)
 
     # Every program of a tensor reads the old step above; the last one to finish writes the new
     # one, so a single launch needs no second pass and no host round trip.
