@@ -587,3 +587,27 @@ def test_readout_scale_and_attention_scale() -> None:
 def test_public_exports() -> None:
     for name in ("param_groups", "param_roles", "mup_init_", "scale_readout_", "attention_scale"):
         assert hasattr(fused_mup, name)
+
+
+@pytest.mark.skipif(
+    not issubclass(fused_mup.AdamW, torch.optim.Optimizer), reason="fused_mup.AdamW not landed"
+)
+@pytest.mark.parametrize("mode", ["coupled", "independent"])
+def test_fused_adamw_plain_groups_match_torch_baked(mode: str) -> None:
+    """fused_mup.AdamW reading lr_mult / wd_mult == torch AdamW on baked groups."""
+    models = [mlp(64), mlp(64)]
+    models[1].load_state_dict(models[0].state_dict())
+    kw = {"base_model": mlp(16), "lr": 1e-2, "weight_decay": 0.1, "weight_decay_mode": mode}
+    opts = [
+        fused_mup.AdamW(param_groups(models[0], "mup", **kw)),
+        torch.optim.AdamW(param_groups(models[1], "mup", bake=True, **kw)),
+    ]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.5**t) for o in opts]
+    for _ in range(3):
+        for model, opt, sched in zip(models, opts, scheds, strict=True):
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 0.3)
+            opt.step()
+            sched.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
