@@ -504,6 +504,7 @@ class BenchConfig:
     profile_steps: int = 3
     copy_bytes: int = 1 << 30
     budget_s: float | None = None
+    compile_max_tensors: int | None = None  # compile time grows with the tensor count
     plot: bool = True
     progress: bool = True
     seed: int = 0
@@ -724,11 +725,19 @@ def _bench_one(
         _sync(device)
         row.state_dtype = _state_dtype_name(opt, params, w)
         row.bytes_per_param = _traffic_bytes(opt, params, w, cfg.amsgrad) / w.numel
-        row.device_ms, row.device_p20_ms, row.device_p80_ms = _device_time(step, device, cfg)
-        row.e2e_ms, row.e2e_p20_ms, row.e2e_p80_ms = _quantiles(
-            _wall_times(step, device, cfg.wall_reps)
-        )
-        row.host_ms = statistics.median(_host_times(step, device, cfg.wall_reps))
+        if device.type == "cuda":
+            row.device_ms, row.device_p20_ms, row.device_p80_ms = _device_time(step, device, cfg)
+            row.e2e_ms, row.e2e_p20_ms, row.e2e_p80_ms = _quantiles(
+                _wall_times(step, device, cfg.wall_reps)
+            )
+            row.host_ms = statistics.median(_host_times(step, device, cfg.wall_reps))
+        else:
+            # A CPU step is synchronous: device, end-to-end and host time are one and the
+            # same measurement (and under TRITON_INTERPRET=1 each step costs ~0.3 s).
+            q = _quantiles(_wall_times(step, device, cfg.wall_reps))
+            row.device_ms, row.device_p20_ms, row.device_p80_ms = q
+            row.e2e_ms, row.e2e_p20_ms, row.e2e_p80_ms = q
+            row.host_ms = q[0]
         row.launches = _count_launches(step, device, cfg.profile_steps)
         row.gbps = row.bytes_per_param * w.numel / (row.device_ms * 1e-3) / 1e9
         if any(not torch.isfinite(p).all() for p in params[:4]):
@@ -845,6 +854,10 @@ def _run_workloads(
                 )
                 if reason is None and cfg.budget_s and time.perf_counter() - t_start > cfg.budget_s:
                     reason = f"skipped: time budget {cfg.budget_s:.0f}s spent"
+                max_t = cfg.compile_max_tensors
+                if reason is None and impl.name == "torch_compile" and max_t is not None:
+                    if w.n_tensors > max_t:
+                        reason = f"skipped: {w.n_tensors} tensors > --compile-max-tensors {max_t}"
                 if reason is not None:
                     row = Row(name, impl.name, reason, w.numel, w.n_tensors, len(w.groups), w.mode)
                 else:
@@ -1239,6 +1252,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop starting new runs after this many seconds (rows say so)",
     )
+    p.add_argument(
+        "--compile-max-tensors",
+        type=int,
+        default=None,
+        help="skip torch_compile on workloads with more tensors (compile time)",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip bandwidth.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -1284,6 +1303,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     if args.wall_reps is not None:
         cfg.wall_reps = args.wall_reps
     cfg.budget_s = args.budget_s
+    cfg.compile_max_tensors = args.compile_max_tensors
     cfg.out = args.out
     return cfg
 
