@@ -431,16 +431,12 @@ def _te_build(ctx: BuildContext) -> tuple[Any, Callable[[], Any]]:
     from transformer_engine.pytorch.optimizers import FusedAdam
 
     state = ctx.workload.state_dtype or ctx.workload.param_dtype
-    opt = FusedAdam(
-        _torch_groups(ctx),
-        lr=BASE_LR,
-        betas=BETAS,
-        eps=EPS,
-        adam_w_mode=True,
-        amsgrad=ctx.amsgrad,
-        exp_avg_dtype=state,
-        exp_avg_sq_dtype=state,
-    )
+    kw: dict[str, Any] = dict(lr=BASE_LR, betas=BETAS, eps=EPS, adam_w_mode=True)
+    try:
+        opt = FusedAdam(_torch_groups(ctx), amsgrad=ctx.amsgrad, exp_avg_dtype=state,
+                        exp_avg_sq_dtype=state, **kw)  # fmt: skip
+    except TypeError:  # TE releases before the state-dtype options: states as params
+        opt = FusedAdam(_torch_groups(ctx), amsgrad=ctx.amsgrad, **kw)
     return opt, opt.step
 
 
@@ -716,7 +712,7 @@ def _bench_one(
         cfg.amsgrad,
         cfg.smoke,
     )
-    opt = None
+    opt = step = None
     try:
         opt, step = impl.build(ctx)
         # Warm-up: creates state, compiles (torch.compile / Triton JIT).
@@ -747,7 +743,7 @@ def _bench_one(
     except Exception as e:  # noqa: BLE001 - one broken implementation must not stop the run
         row.status = f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     finally:
-        del opt
+        del opt, step  # the bound step method holds the optimizer (and its states) too
         if impl.cleanup is not None:
             impl.cleanup()
         if device.type == "cuda":  # gc.collect costs ~0.2 s with torch loaded; GPU only
@@ -1163,6 +1159,12 @@ def plot_bandwidth(results: dict[str, Any], path: Path) -> Path | None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     ax.axhline(results["copy"]["gbps"], color="k", ls="--", lw=1, label="copy bandwidth")
     ax.set_xscale("log")
+    # Name the workloads along the top: lines join fp32 and bf16/fp32 workloads.
+    ticks = sorted({(r["numel"], r["workload"]) for r in results["rows"] if r["numel"]})
+    if ticks:
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=7, rotation=30)
+        top.minorticks_off()
     ax.set_xlabel("parameters")
     ax.set_ylabel("achieved bandwidth (GB/s, minimum bytes)")
     title = f"AdamW step bandwidth — {results['meta']['device_name']}"

@@ -88,3 +88,21 @@ def test_smoke_run_writes_outputs(tmp_path, capsys) -> None:
 
     md = (out / "results.md").read_text()
     assert "| workload |" in md and "torch_fused" in md
+
+
+@pytest.mark.skipif(not _fused_mup_ready(), reason="fused_mup.AdamW not landed")
+def test_fused_mup_groups_do_the_same_math_as_torch() -> None:
+    """lr_mult / wd_mult keys vs multipliers folded into torch's lr / weight_decay."""
+    w = bm.workloads(smoke=True)["gpt2-124m"]
+    impls = {i.name: i for i in bm.default_impls()}
+    final = {}
+    for name in ("fused_mup", "torch_foreach"):
+        groups = bm.make_params(w, torch.device("cpu"), seed=0)
+        plain = [{k: v for k, v in g.items() if k != "name"} for g in groups]
+        ctx = bm.BuildContext(w, plain, torch.device("cpu"), amsgrad=False, smoke=True)
+        _, step = impls[name].build(ctx)
+        for _ in range(2):
+            step()
+        final[name] = [p.detach().clone() for g in groups for p in g["params"]]
+    for a, b in zip(final["fused_mup"], final["torch_foreach"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
