@@ -596,12 +596,23 @@ def _count_launches(fn: Callable[[], Any], device: torch.device, steps: int) -> 
         for _ in range(steps):
             fn()
         _sync(device)
-    kernels = [
-        e
-        for e in prof.events()
-        if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))
-    ]
+    events = prof.events()
+    # GPU-side copies of record_function ranges (e.g. "Optimizer.step#AdamW.step") carry
+    # the CPU range's name; only needed where events have no activity_type.
+    cpu_names = {e.name for e in events if e.device_type == DeviceType.CPU}
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and _is_kernel(e, cpu_names)]
     return len(kernels) / steps
+
+
+def _is_kernel(evt: Any, cpu_names: set[str]) -> bool:
+    """A device event that is a kernel launch (not a memcpy, memset, sync or annotation)."""
+    kind = getattr(evt, "activity_type", None)
+    if isinstance(kind, str) and kind:
+        return kind.lower() == "kernel"  # kineto: "kernel" (some builds "Kernel"), "gpu_memcpy"
+    name = evt.name
+    return (
+        not name.startswith(("Memcpy", "Memset")) and "Sync" not in name and (name not in cpu_names)
+    )
 
 
 def measure_copy_bandwidth(device: torch.device, nbytes: int, cfg: BenchConfig) -> dict:
