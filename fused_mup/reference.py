@@ -64,7 +64,7 @@ def adamw_step_(
     p = param.to(compute) * keep
     m = exp_avg.to(compute)
     # torch's lerp switches form at weight 0.5 to stay exact at both ends.
-    if weight1 < 0.5:
+    if 1.0 - beta1 < 0.5:
         m = m + weight1 * (g - m)
     else:
         m = g - (g - m) * (1.0 - weight1)

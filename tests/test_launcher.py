@@ -1,0 +1,104 @@
+"""The launcher's tables: int64 element offsets, and one program per empty tensor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import kernel_devices
+from tolerances import assert_close
+
+from fused_mup import launcher
+from fused_mup.launcher import BucketKey, KernelConfig, TensorSlot
+from fused_mup.reference import adamw_step_
+
+GROUP = [1e-2, 1e-2 * 0.1, 0.9, 0.999, 1e-8]  # lr, decay, beta1, beta2, eps
+
+
+def _slot(n, device, dtype=torch.float32):
+    p = torch.randn(n, device=device).to(dtype)
+    return TensorSlot(
+        param=p,
+        exp_avg=torch.zeros_like(p),
+        exp_avg_sq=torch.zeros_like(p),
+        max_exp_avg_sq=None,
+        step=torch.zeros((), device=device),
+        group_index=0,
+    )
+
+
+def _launch(bucket, device, config):
+    groups = launcher.group_table(GROUP, torch.device(device), out=None)
+    one = torch.ones(1, device=device)
+    zero = torch.zeros(1, device=device)
+    launcher.launch(bucket, groups, one, zero, config)
+
+
+def _reference(slot, grad):
+    p, m, v = slot.param.clone(), slot.exp_avg.clone(), slot.exp_avg_sq.clone()
+    step = slot.step.clone()
+    lr, decay, b1, b2, eps = GROUP
+    adamw_step_(
+        p, grad, m, v, None, step, lr=lr, decay=decay, beta1=b1, beta2=b2, eps=eps, maximize=False
+    )
+    return p
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_element_offsets_past_2_to_the_31_are_int64(device):
+    """A tensor's elements past 2**31, without allocating 8 GiB: the table points each tensor
+    2**31 elements *before* its storage and its chunk starts at element 2**31. int32 offsets
+    would wrap negative and address memory 8 GiB away."""
+    offset = 2**31 + 3
+    config = KernelConfig(block=32, chunk_size=128)
+    slot = _slot(100, device)
+    grad = torch.randn(100, device=device)
+    expected = _reference(slot, grad)
+    key = BucketKey(torch.device(device), torch.float32, torch.float32, False, False)
+    bucket = launcher.build_bucket(key, [slot], [grad.data_ptr()], config)
+    shift = offset * 4  # bytes
+    table = bucket.tensor_table_host.clone()
+    for col in (0, 1, 2, 3):  # param, grad, exp_avg, exp_avg_sq addresses
+        table[0, col] -= shift
+    table[0, 6] = offset + 100  # numel as seen from the shifted base
+    bucket.tensor_table = table.to(device)
+    bucket.chunk_table = torch.tensor([[0, offset]], dtype=torch.int64, device=device)
+    bucket.n_programs = 1
+    _launch(bucket, device, config)
+    assert_close(slot.param, expected, torch.float32, "param updated through int64 offsets")
+    assert slot.step.item() == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (16 GiB); CPU twin above")
+def test_real_tensor_past_2_to_the_31_elements():
+    n = 2**31 + 1000
+    slot = _slot(n, "cuda", torch.float16)
+    grad = torch.randn(n, device="cuda", dtype=torch.float16)
+    tail = slice(n - 2000, n)
+    tail_slot = TensorSlot(
+        param=slot.param[tail].clone(),
+        exp_avg=torch.zeros(2000, device="cuda", dtype=torch.float16),
+        exp_avg_sq=torch.zeros(2000, device="cuda", dtype=torch.float16),
+        max_exp_avg_sq=None,
+        step=torch.zeros((), device="cuda"),
+        group_index=0,
+    )
+    expected = _reference(tail_slot, grad[tail])
+    config = KernelConfig()
+    key = BucketKey(torch.device("cuda"), torch.float16, torch.float16, False, False)
+    bucket = launcher.build_bucket(key, [slot], [grad.data_ptr()], config)
+    _launch(bucket, "cuda", config)
+    assert_close(slot.param[tail], expected, torch.float16, "tail past 2**31")
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_empty_tensors_get_one_program_and_count_their_step(device):
+    config = KernelConfig(block=32, chunk_size=64)
+    slots = [_slot(0, device), _slot(65, device), _slot(0, device)]
+    grads = [torch.randn(s.param.shape, device=device) for s in slots]
+    key = BucketKey(torch.device(device), torch.float32, torch.float32, False, False)
+    bucket = launcher.build_bucket(key, slots, [g.data_ptr() for g in grads], config)
+    assert bucket.n_programs == 1 + 2 + 1
+    for _ in range(3):
+        _launch(bucket, device, config)
+    assert [s.step.item() for s in slots] == [3, 3, 3]
+    assert bucket.done_count.tolist() == [0, 0, 0], "scratch counters must reset"

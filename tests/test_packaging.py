@@ -1,0 +1,42 @@
+"""kernels/ ships as fused_mup.kernels, in the editable install and in a built wheel, and never
+as a top-level ``kernels`` module (a different PyPI package owns that name)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_package_has_kernels_subpackage_only(tmp_path):
+    # Run outside the checkout so that the source tree is not on sys.path.
+    code = (
+        "import importlib.util, fused_mup.kernels as k;"
+        "assert k.adamw_kernel is not None;"
+        "assert importlib.util.find_spec('kernels') is None, 'top-level kernels importable';"
+        "print(k.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "fused_mup.kernels"
+
+
+def test_wheel_contains_fused_mup_kernels_and_no_top_level_kernels(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("fused_mup-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fused_mup/kernels/adamw.py" in names
+    assert "fused_mup/kernels/__init__.py" in names
+    top_level = {n.split("/")[0] for n in names}
+    assert "kernels" not in top_level, sorted(top_level)
+    assert {"fused_mup"} <= top_level
