@@ -25,6 +25,8 @@ __all__ = [
     "build_bucket",
     "group_table",
     "launch",
+    "launch_grad_sumsq",
+    "no_clip",
     "triton_available_for",
 ]
 
@@ -61,6 +63,7 @@ class BucketKey:
     state_dtype: torch.dtype
     amsgrad: bool
     maximize: bool
+    update: int = 0  # fused_mup.kernels.UPDATE_*: how low-precision params take the update
 
 
 @dataclass
@@ -73,6 +76,7 @@ class TensorSlot:
     max_exp_avg_sq: torch.Tensor | None
     step: torch.Tensor
     group_index: int
+    aux: torch.Tensor | None = None  # Kahan compensation or fp32 master weights
 
 
 @dataclass
@@ -84,6 +88,8 @@ class Bucket:
     chunk_table: torch.Tensor  # int64 [n_programs, CHUNK_COLS]
     done_count: torch.Tensor  # int32 [n], scratch for the last-program-writes-step rule
     n_programs: int
+    partials: torch.Tensor  # fp32 [n_programs], scratch of the grad-norm kernel
+    norm_done_count: torch.Tensor  # int32 [1]
     grad_addresses: list[int] = field(default_factory=list)
 
 
@@ -138,7 +144,7 @@ def build_bucket(
         # An empty tensor still gets one (empty) program so that its step is counted, as torch
         # counts it.
         n_chunks = max(1, math.ceil(numel / config.chunk_size))
-        vmax = slot.max_exp_avg_sq
+        vmax, aux = slot.max_exp_avg_sq, slot.aux
         table[i] = torch.tensor(
             [
                 slot.param.data_ptr(),
@@ -147,6 +153,7 @@ def build_bucket(
                 slot.exp_avg_sq.data_ptr(),
                 vmax.data_ptr() if vmax is not None else 0,
                 slot.step.data_ptr(),
+                aux.data_ptr() if aux is not None else 0,
                 numel,
                 slot.group_index,
                 n_chunks,
@@ -163,6 +170,8 @@ def build_bucket(
         chunk_table=_upload(chunk_host, key.device),
         done_count=torch.zeros(n, dtype=torch.int32, device=key.device),
         n_programs=len(chunks),
+        partials=torch.empty(len(chunks), dtype=torch.float32, device=key.device),
+        norm_done_count=torch.zeros(1, dtype=torch.int32, device=key.device),
         grad_addresses=list(grad_addresses),
     )
 
@@ -196,13 +205,23 @@ def launch(
     grad_scale: torch.Tensor,
     found_inf: torch.Tensor,
     config: KernelConfig,
+    clip: torch.Tensor | None = None,
+    seed: int = 0,
 ) -> None:
-    """One kernel launch for the whole bucket."""
+    """One AdamW launch for the whole bucket.
+
+    Args:
+        clip: fp32 [>= 2] (sum of squared grads, max_norm) from :func:`launch_grad_sumsq`, or
+            None for no clipping.
+        seed: stochastic-rounding seed (used only by ``UPDATE_STOCHASTIC`` buckets).
+    """
     if bucket.n_programs == 0:
         return
     from fused_mup.kernels import adamw_kernel
 
     key = bucket.key
+    if clip is None:
+        clip = no_clip(key.device)
     with _device_guard(key.device):
         adamw_kernel[(bucket.n_programs,)](
             bucket.tensor_table,
@@ -211,11 +230,56 @@ def launch(
             bucket.done_count,
             grad_scale,
             found_inf,
+            clip,
             config.chunk_size,
+            seed,
             PARAM_DTYPE=_tl_dtype(key.param_dtype),
             STATE_DTYPE=_tl_dtype(key.state_dtype),
             AMSGRAD=key.amsgrad,
             MAXIMIZE=key.maximize,
+            UPDATE=key.update,
+            BLOCK=config.block,
+            num_warps=config.num_warps,
+        )
+
+
+_NO_CLIP: dict[torch.device, torch.Tensor] = {}
+
+
+def no_clip(device: torch.device) -> torch.Tensor:
+    """The clip buffer that means "no clipping": norm 0, max_norm inf, coefficient 1."""
+    if device not in _NO_CLIP:
+        _NO_CLIP[device] = torch.tensor([0.0, float("inf"), 0.0], device=device)
+    return _NO_CLIP[device]
+
+
+def launch_grad_sumsq(
+    bucket: Bucket,
+    grad_scale: torch.Tensor,
+    clip: torch.Tensor,
+    max_norm: float,
+    accumulate: bool,
+    config: KernelConfig,
+) -> None:
+    """One launch: writes sum(grad**2 / grad_scale**2), max_norm and a non-finite flag to
+    ``clip[0:3]``, adding to ``clip[0]`` when ``accumulate`` (for a second bucket)."""
+    from fused_mup.kernels import grad_sumsq_kernel
+
+    if bucket.n_programs == 0:
+        return
+    with _device_guard(bucket.key.device):
+        grad_sumsq_kernel[(bucket.n_programs,)](
+            bucket.tensor_table,
+            bucket.chunk_table,
+            bucket.partials,
+            bucket.norm_done_count,
+            grad_scale,
+            clip,
+            bucket.n_programs,
+            config.chunk_size,
+            float(max_norm),
+            int(accumulate),
+            PARAM_DTYPE=_tl_dtype(bucket.key.param_dtype),
             BLOCK=config.block,
             num_warps=config.num_warps,
         )

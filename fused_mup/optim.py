@@ -10,8 +10,14 @@ import torch
 from torch import Tensor
 
 from fused_mup import launcher
+from fused_mup.kernels import UPDATE_KAHAN, UPDATE_MASTER, UPDATE_ROUND, UPDATE_STOCHASTIC
 from fused_mup.launcher import Bucket, BucketKey, KernelConfig, TensorSlot
-from fused_mup.reference import adamw_step_
+from fused_mup.reference import adamw_step_, stochastic_generator
+
+try:  # DTensor params (FSDP2, tensor parallel): the kernel updates their local shards.
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - torch built without distributed
+    DTensor = None
 
 __all__ = ["AdamW", "KernelConfig"]
 
@@ -19,7 +25,33 @@ _BACKENDS = ("auto", "triton", "torch")
 _WEIGHT_DECAY_MODES = ("coupled", "independent")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Group keys that fused_mup adds to torch's; kept across load_state_dict of a torch checkpoint.
-_EXTRA_GROUP_KEYS = {"lr_mult": 1.0, "wd_mult": 1.0, "weight_decay_mode": "coupled"}
+_EXTRA_GROUP_KEYS = {
+    "lr_mult": 1.0,
+    "wd_mult": 1.0,
+    "weight_decay_mode": "coupled",
+    "bf16_update": "round",
+}
+_BF16_UPDATES = {
+    "round": UPDATE_ROUND,
+    "kahan": UPDATE_KAHAN,
+    "stochastic": UPDATE_STOCHASTIC,
+    "master": UPDATE_MASTER,
+}
+# State key of each mode's helper buffer.
+_AUX_STATE = {UPDATE_KAHAN: "kahan_comp", UPDATE_MASTER: "master_param"}
+
+
+def _local(t: Tensor) -> Tensor:
+    """The tensor whose memory the kernel touches: a DTensor's local shard, else ``t``."""
+    if DTensor is not None and isinstance(t, DTensor):
+        return t.to_local()
+    return t
+
+
+def _storage(t: Tensor) -> Tensor:
+    """Local, and real: complex tensors are updated through view_as_real, as torch does."""
+    t = _local(t)
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -59,6 +91,24 @@ def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
             f"Invalid weight_decay_mode: {group['weight_decay_mode']!r}{suffix}; "
             f"expected one of {_WEIGHT_DECAY_MODES}"
         )
+    if group["bf16_update"] not in _BF16_UPDATES:
+        raise ValueError(
+            f"Invalid bf16_update: {group['bf16_update']!r}{suffix}; "
+            f"expected one of {tuple(_BF16_UPDATES)}"
+        )
+
+
+class _Unsupported:
+    """Stands in for a process group where a fused grad norm would be wrong."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __bool__(self) -> bool:
+        raise NotImplementedError(
+            f"fused clip_grad_norm_ over DTensor shards supports one 1-D mesh of Shard "
+            f"placements; got {self.why}. Use torch.nn.utils.clip_grad_norm_."
+        )
 
 
 @dataclass
@@ -70,8 +120,9 @@ class _Plan:
     buckets: list[tuple[Bucket, list[int]]]  # bucket and the flat param indices of its slots
     plain: list[tuple[int, int, int]]  # (flat index, group index, param index) on the torch path
     devices: list[torch.device]
-    switches: list[tuple[bool, bool]]  # (amsgrad, maximize) per group: compile-time switches
+    switches: list[tuple]  # per group: the keys that pick a bucket (compile-time switches)
     grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
+    sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
 
 
 class AdamW(torch.optim.Optimizer):
@@ -102,6 +153,11 @@ class AdamW(torch.optim.Optimizer):
             kernel; CPU tensors need ``TRITON_INTERPRET=1`` set before triton is imported), or
             "torch" (always the plain-torch path).
         state_dtype: dtype of new exp_avg / exp_avg_sq; None keeps the param dtype, as torch.
+        bf16_update: how bf16 params take the update: "round" (to nearest even), "kahan"
+            (compensation buffer in state["kahan_comp"]), "stochastic" (unbiased stochastic
+            rounding from ``seed``), "master" (fp32 weights in state["master_param"]). Also a
+            group key. fp16 params accept all but "stochastic"; fp32 params ignore it.
+        seed: seed of the stochastic-rounding RNG (counter-based: step and tensor index).
         kernel_config: tile sizes of the kernel (:class:`KernelConfig`).
     """
 
@@ -121,6 +177,8 @@ class AdamW(torch.optim.Optimizer):
         fused: bool | None = None,
         backend: str = "auto",
         state_dtype: torch.dtype | None = None,
+        bf16_update: str = "round",
+        seed: int = 0,
         kernel_config: KernelConfig | None = None,
     ) -> None:
         defaults = {
@@ -136,6 +194,7 @@ class AdamW(torch.optim.Optimizer):
             "fused": fused,
             "decoupled_weight_decay": True,
             **_EXTRA_GROUP_KEYS,
+            "bf16_update": bf16_update,
         }
         _check_hyperparameters(defaults, where="")
         if differentiable:
@@ -158,8 +217,11 @@ class AdamW(torch.optim.Optimizer):
             )
         self.backend = backend
         self.state_dtype = state_dtype
+        self.seed = int(seed)
         self.kernel_config = kernel_config or KernelConfig()
         self._plan: _Plan | None = None
+        self._pending_clip: Tensor | None = None
+        self._pending_scale: Tensor | None = None
         self._group_values: list[float] | None = None
         self._device_tables: dict[torch.device, torch.Tensor] = {}
         self._amp_defaults: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -185,7 +247,10 @@ class AdamW(torch.optim.Optimizer):
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("state_dtype", None)
         self.__dict__.setdefault("kernel_config", KernelConfig())
+        self.__dict__.setdefault("seed", 0)
         self._plan = None
+        self._pending_clip = None
+        self._pending_scale = None
         self._group_values = None
         self._device_tables = {}
         self._amp_defaults = {}
@@ -197,9 +262,7 @@ class AdamW(torch.optim.Optimizer):
         torch checkpoint) keep their current values, so a μP optimizer resumes from a torch
         checkpoint with its multipliers intact.
         """
-        kept = [
-            {k: v for k, v in group.items() if k != "params"} for group in self.param_groups
-        ]
+        kept = [{k: v for k, v in group.items() if k != "params"} for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, old, saved in zip(self.param_groups, kept, state_dict["param_groups"]):
             for key, value in old.items():
@@ -221,7 +284,7 @@ class AdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Performs a single optimization step.
+        """Performs a single optimization step: one kernel launch per bucket.
 
         Args:
             closure: reevaluates the model and returns the loss (optional).
@@ -235,36 +298,42 @@ class AdamW(torch.optim.Optimizer):
         plan = self._current_plan(grads)
         grad_scale: Tensor | None = getattr(self, "grad_scale", None)
         found_inf: Tensor | None = getattr(self, "found_inf", None)
+        # clip_grad_norm_(grad_scaler=...) left the grads scaled and told the scaler they were
+        # not: the scale it read is the one to divide by now.
+        clip, self._pending_clip = self._pending_clip, None
+        if self._pending_scale is not None:
+            grad_scale = self._pending_scale if grad_scale is None else grad_scale
+            self._pending_scale = None
         values = self._group_scalars()
 
-        for bucket, flat_indices in plan.buckets:
+        refs = self._point_buckets_at_grads(plan, grads)
+        for bucket, _ in plan.buckets:
             device = bucket.key.device
-            grad_refs = []  # keeps grad copies alive until the launch is enqueued
-            addresses = []
-            for i in flat_indices:
-                g = grads[i]
-                if plan.grad_copies.get(i):
-                    g = self._grad_like_param(bucket, i, g)
-                    grad_refs.append(g)
-                addresses.append(g.data_ptr())
-            launcher.update_grad_addresses(bucket, addresses)
             scale, inf = self._amp_tensors(device, grad_scale, found_inf)
             launcher.launch(
-                bucket, self._device_group_table(device, values), scale, inf, self.kernel_config
+                bucket,
+                self._device_group_table(device, values),
+                scale,
+                inf,
+                self.kernel_config,
+                clip=clip,
+                seed=self.seed,
             )
+        del refs
 
         for i, gi, pi in plan.plain:
             group = self.param_groups[gi]
             p = group["params"][pi]
             state = self.state[p]
-            real = torch.view_as_real if p.is_complex() else (lambda t: t)
             lr_eff, decay, beta1, beta2, eps = values[5 * gi : 5 * gi + 5]
+            mode = self._update_mode(p, group, "")
+            aux_key = _AUX_STATE.get(mode)
             adamw_step_(
-                real(p),
-                real(grads[i]),
-                real(state["exp_avg"]),
-                real(state["exp_avg_sq"]),
-                real(state["max_exp_avg_sq"]) if group["amsgrad"] else None,
+                _storage(p),
+                _storage(grads[i]),
+                _storage(state["exp_avg"]),
+                _storage(state["exp_avg_sq"]),
+                _storage(state["max_exp_avg_sq"]) if group["amsgrad"] else None,
                 state["step"],
                 lr=lr_eff,
                 decay=decay,
@@ -274,8 +343,141 @@ class AdamW(torch.optim.Optimizer):
                 maximize=group["maximize"],
                 grad_scale=grad_scale,
                 found_inf=found_inf,
+                clip=clip,
+                update=mode,
+                aux=_storage(state[aux_key]) if aux_key else None,
+                generator=(
+                    stochastic_generator(self.seed, state["step"], i, p.device)
+                    if mode == UPDATE_STOCHASTIC
+                    else None
+                ),
             )
         return loss
+
+    @torch.no_grad()
+    def clip_grad_norm_(
+        self,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = False,
+        foreach: bool | None = None,
+        *,
+        grad_scaler: torch.amp.GradScaler | None = None,
+    ) -> Tensor:
+        """Clips like :func:`torch.nn.utils.clip_grad_norm_`, fused into the next ``step()``.
+
+        One launch computes the squared norm of every grad; the coefficient
+        ``min(1, max_norm / (norm + 1e-6))`` is computed on the device and applied inside the
+        AdamW kernel, so the grads themselves are left as they are (read them before step() and
+        they are unclipped). Call it right before ``step()`` / ``scaler.step(opt)``.
+
+        With ``grad_scaler``, it replaces ``scaler.unscale_(opt)``: the norm is that of the
+        unscaled grads, the same pass records GradScaler's inf check (so the scaler runs no
+        pass of its own and still skips the step and backs off on inf), and the kernel
+        unscales in registers.
+
+        Args:
+            max_norm: max norm of the grads.
+            norm_type: only 2.0 is fused.
+            error_if_nonfinite: raise if the norm is not finite (this reads it on the host).
+            foreach: ignored.
+            grad_scaler: the ``torch.amp.GradScaler`` that scaled the loss, if any.
+
+        Returns:
+            The total norm of the (unscaled) grads, as a 0-d tensor on the grads' device.
+        """
+        if float(norm_type) != 2.0:
+            raise NotImplementedError(
+                f"fused_mup.AdamW.clip_grad_norm_ fuses norm_type=2.0 only, got {norm_type}; "
+                "use torch.nn.utils.clip_grad_norm_ for other norms."
+            )
+        params = [p for group in self.param_groups for p in group["params"]]
+        grads = [p.grad for p in params]
+        plan = self._current_plan(grads)
+        devices = {b.key.device for b, _ in plan.buckets} | {
+            params[i].device for i, _, _ in plan.plain
+        }
+        if not devices:
+            return torch.zeros(())
+        if len(devices) > 1:
+            raise NotImplementedError(
+                "clip_grad_norm_ fuses grads on one device; these are on "
+                f"{sorted(map(str, devices))}. Use torch.nn.utils.clip_grad_norm_."
+            )
+        (device,) = devices
+        scale = None
+        scaler_state = None
+        if grad_scaler is not None and grad_scaler.is_enabled():
+            scale, scaler_state = self._take_scaler(grad_scaler)
+        scale_t = scale if scale is not None else self._amp_tensors(device, None, None)[0]
+        clip = torch.empty(3, dtype=torch.float32, device=device)
+
+        refs = self._point_buckets_at_grads(plan, grads)
+        for n, (bucket, _) in enumerate(plan.buckets):
+            launcher.launch_grad_sumsq(
+                bucket, scale_t, clip, max_norm, accumulate=n > 0, config=self.kernel_config
+            )
+        del refs
+        if plan.plain:
+            inv = 1.0 / scale_t.to(device=device, dtype=torch.float32).reshape(())
+            sumsq = sum((_storage(grads[i]).float() * inv).square().sum() for i, _, _ in plan.plain)
+            if plan.buckets:
+                sumsq = sumsq + clip[0]
+            clip[0] = sumsq
+            clip[1] = max_norm
+            clip[2] = (~torch.isfinite(clip[0])).float()
+        if plan.sharded:
+            # FSDP2 / DTensor shards: the norm is over the whole model, so sum across ranks.
+            torch.distributed.all_reduce(clip[0:1], group=plan.sharded)
+            clip[2] = (~torch.isfinite(clip[0])).float()
+        total_norm = clip[0].sqrt()
+        if error_if_nonfinite and not torch.isfinite(total_norm):  # a host read, as torch's
+            raise RuntimeError(
+                f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
+                "non-finite, so it cannot be clipped. To disable this error and scale the "
+                "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`"
+            )
+        self._pending_clip = clip
+        if scaler_state is not None:
+            from torch.amp.grad_scaler import OptState
+
+            scaler_state["found_inf_per_device"] = {device: clip[2]}
+            scaler_state["stage"] = OptState.UNSCALED
+            self._pending_scale = scale
+        return total_norm
+
+    def _take_scaler(self, grad_scaler: torch.amp.GradScaler):
+        """GradScaler's scale and this optimizer's entry in it, checked as unscale_() does."""
+        from torch.amp.grad_scaler import OptState
+
+        if grad_scaler._scale is None:
+            raise RuntimeError(
+                "clip_grad_norm_(grad_scaler=...) needs a scaler that has scaled a loss: call "
+                "scaler.scale(loss).backward() first."
+            )
+        state = grad_scaler._per_optimizer_states[id(self)]
+        if state["stage"] is OptState.UNSCALED:
+            raise RuntimeError(
+                "unscale_() has already been called on this optimizer since the last update()."
+            )
+        if state["stage"] is OptState.STEPPED:
+            raise RuntimeError("unscale_() is being called after step().")
+        return grad_scaler._scale, state
+
+    def _point_buckets_at_grads(self, plan: _Plan, grads: list[Tensor | None]) -> list[Tensor]:
+        """Writes this step's grad addresses into the tables; returns grad copies to keep alive
+        until the launches are enqueued."""
+        refs = []
+        for bucket, flat_indices in plan.buckets:
+            addresses = []
+            for i in flat_indices:
+                g = grads[i]
+                if plan.grad_copies.get(i):
+                    g = self._grad_like_param(i, g)
+                    refs.append(g)
+                addresses.append(_local(g).data_ptr())
+            launcher.update_grad_addresses(bucket, addresses)
+        return refs
 
     # ---- per-step host work, kept small -------------------------------------------------------
 
@@ -331,12 +533,11 @@ class AdamW(torch.optim.Optimizer):
         inf = zero if found_inf is None else found_inf.to(device, non_blocking=True)
         return scale, inf
 
-    def _grad_like_param(self, bucket: Bucket, flat_index: int, grad: Tensor) -> Tensor:
+    def _grad_like_param(self, flat_index: int, grad: Tensor) -> Tensor:
         """A grad copy with the param's strides, for grads whose layout differs from it."""
-        param = self._flat_param(flat_index)
-        out = torch.empty_like(param)
-        out.copy_(grad)
-        return torch.view_as_real(out) if out.is_complex() else out
+        out = torch.empty_like(_local(self._flat_param(flat_index)))
+        out.copy_(_local(grad))
+        return out
 
     def _flat_param(self, flat_index: int) -> Tensor:
         for group in self.param_groups:
@@ -350,13 +551,13 @@ class AdamW(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         try:
             param_addresses = [
-                p.data_ptr() if g is not None else -1 for p, g in zip(params, grads)
+                _local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
             ]
-            grad_addresses = [g.data_ptr() if g is not None else -1 for g in grads]
+            grad_addresses = [_local(g).data_ptr() if g is not None else -1 for g in grads]
         except RuntimeError:  # e.g. a sparse grad has no data pointer; the full check says so
             param_addresses, grad_addresses = [], []
         plan = self._plan
-        switches = [(bool(g["amsgrad"]), bool(g["maximize"])) for g in self.param_groups]
+        switches = self._switches()
         if (
             plan is not None
             and param_addresses == plan.param_addresses
@@ -366,13 +567,51 @@ class AdamW(torch.optim.Optimizer):
                 # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
                 for i in range(len(grads)):
                     if grad_addresses[i] != plan.grad_addresses[i] and grads[i] is not None:
-                        plan.grad_copies[i] = grads[i].stride() != params[i].stride()
+                        g, p = _local(grads[i]), _local(params[i])
+                        plan.grad_copies[i] = g.stride() != p.stride()
                 plan.grad_addresses = grad_addresses
             return plan
         self._plan = self._build_plan(params, grads)
         return self._plan
 
     # ---- (re)building, only when something structural changed --------------------------------
+
+    def _switches(self) -> list[tuple]:
+        return [
+            (bool(g["amsgrad"]), bool(g["maximize"]), g["bf16_update"]) for g in self.param_groups
+        ]
+
+    @staticmethod
+    def _shard_group(entries) -> Any:
+        """The process group whose ranks each hold a shard of the grads, or None."""
+        if DTensor is None:
+            return None
+        meshes = {p.device_mesh for *_, p, g, _w, _k in entries if isinstance(p, DTensor)}
+        if not meshes:
+            return None
+        n_dtensor = sum(isinstance(e[3], DTensor) for e in entries)
+        mesh = next(iter(meshes))
+        placements = {pl for *_, p, g, _w, _k in entries for pl in p.placements}
+        if len(meshes) > 1 or n_dtensor != len(entries) or mesh.ndim != 1:
+            return _Unsupported(
+                "params on several meshes, a mix of DTensors and tensors, or a "
+                "multi-dimensional mesh"
+            )
+        if not all(pl.is_shard() for pl in placements):
+            return _Unsupported(f"placements {sorted(map(str, placements))} (Shard only)")
+        return mesh.get_group()
+
+    @staticmethod
+    def _update_mode(p: Tensor, group: dict[str, Any], where: str) -> int:
+        """The UPDATE switch for ``p``: bf16_update applies to low-precision params only."""
+        mode = _BF16_UPDATES[group["bf16_update"]]
+        dtype = p.real.dtype if p.is_complex() else p.dtype
+        if dtype == torch.float16 and mode == UPDATE_STOCHASTIC:
+            raise ValueError(
+                f"bf16_update='stochastic' rounds to bfloat16 only; {where} is float16. Use "
+                "'kahan' or 'master' for fp16 params."
+            )
+        return mode if dtype in (torch.bfloat16, torch.float16) else UPDATE_ROUND
 
     def _param_name(self, gi: int, pi: int) -> str:
         group = self.param_groups[gi]
@@ -385,7 +624,7 @@ class AdamW(torch.optim.Optimizer):
 
     def _use_kernel(self, p: Tensor, where: str) -> bool:
         real_dtype = p.real.dtype if p.is_complex() else p.dtype
-        dense = _is_dense(p)
+        dense = _is_dense(_local(p))
         if self.backend == "torch":
             return False
         if self.backend == "triton":
@@ -426,6 +665,16 @@ class AdamW(torch.optim.Optimizer):
             )
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
+        aux_key = _AUX_STATE.get(self._update_mode(p, group, where))
+        if aux_key == "kahan_comp" and aux_key not in state:
+            state[aux_key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif aux_key == "master_param" and aux_key not in state:
+            state[aux_key] = p.detach().to(torch.float32, memory_format=torch.preserve_format)
+        if aux_key and (state[aux_key].shape != p.shape or state[aux_key].device != p.device):
+            raise RuntimeError(
+                f"optimizer state '{aux_key}' of {where} has shape {tuple(state[aux_key].shape)} "
+                f"on {state[aux_key].device}; the parameter is {tuple(p.shape)} on {p.device}"
+            )
         keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
         for key in keys:
             value = state.get(key)
@@ -485,28 +734,31 @@ class AdamW(torch.optim.Optimizer):
             if not use_kernel:
                 plain.append((flat, gi, pi))
                 continue
-            real = torch.view_as_real if p.is_complex() else (lambda t: t)
-            exp_avg = real(state["exp_avg"])
+            exp_avg = _storage(state["exp_avg"])
+            update = self._update_mode(p, group, where)
+            aux_key = _AUX_STATE.get(update)
             key = BucketKey(
                 device=p.device,
-                param_dtype=real(p).dtype,
+                param_dtype=_storage(p).dtype,
                 state_dtype=exp_avg.dtype,
                 amsgrad=bool(group["amsgrad"]),
                 maximize=bool(group["maximize"]),
+                update=update,
             )
             slot = TensorSlot(
-                param=real(p),
+                param=_storage(p),
                 exp_avg=exp_avg,
-                exp_avg_sq=real(state["exp_avg_sq"]),
-                max_exp_avg_sq=real(state["max_exp_avg_sq"]) if group["amsgrad"] else None,
+                exp_avg_sq=_storage(state["exp_avg_sq"]),
+                max_exp_avg_sq=_storage(state["max_exp_avg_sq"]) if group["amsgrad"] else None,
                 step=state["step"],
                 group_index=gi,
+                aux=_storage(state[aux_key]) if aux_key else None,
             )
             slots, indices, addresses = groups_by_key.setdefault(key, ([], [], []))
             slots.append(slot)
             indices.append(flat)
-            grad_copies[flat] = g.stride() != p.stride()
-            addresses.append(0 if grad_copies[flat] else real(g).data_ptr())
+            grad_copies[flat] = _local(g).stride() != _local(p).stride()
+            addresses.append(0 if grad_copies[flat] else _local(g).data_ptr())
 
         buckets = [
             (launcher.build_bucket(key, slots, addresses, self.kernel_config), indices)
@@ -514,12 +766,13 @@ class AdamW(torch.optim.Optimizer):
         ]
         return _Plan(
             param_addresses=[
-                p.data_ptr() if g is not None else -1 for p, g in zip(params, grads)
+                _local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
             ],
-            grad_addresses=[g.data_ptr() if g is not None else -1 for g in grads],
+            grad_addresses=[_local(g).data_ptr() if g is not None else -1 for g in grads],
             buckets=buckets,
             plain=plain,
             devices=sorted({b.key.device for b, _ in buckets}, key=str),
-            switches=[(bool(g["amsgrad"]), bool(g["maximize"])) for g in self.param_groups],
+            switches=self._switches(),
+            sharded=self._shard_group(entries),
             grad_copies=grad_copies,
         )

@@ -10,7 +10,34 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["adamw_step_"]
+from fused_mup.kernels.adamw import (
+    UPDATE_KAHAN,
+    UPDATE_MASTER,
+    UPDATE_ROUND,
+    UPDATE_STOCHASTIC,
+)
+
+__all__ = ["adamw_step_", "round_stochastic_bf16", "stochastic_generator"]
+
+
+def stochastic_generator(seed: int, step: torch.Tensor, index: int, device) -> torch.Generator:
+    """A generator for one tensor's stochastic rounding at this step, reproducible from seed.
+
+    Reads the step on the host: fine on this path, which serves CPU tensors.
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + int(step.item() + 1) * 7_919 + index) % 2**63)
+    return gen
+
+
+def round_stochastic_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """fp32 -> bf16, rounding up with probability equal to the dropped fraction."""
+    noise = torch.randint(
+        0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator
+    )
+    bits = (x.contiguous().view(torch.int32) + noise) & -65536
+    out = bits.view(torch.float32).to(torch.bfloat16)  # exact: the low 16 bits are zero
+    return torch.where(torch.isnan(x), x.to(torch.bfloat16), out)
 
 
 def adamw_step_(
@@ -29,6 +56,10 @@ def adamw_step_(
     maximize: bool,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    clip: torch.Tensor | None = None,
+    update: int = UPDATE_ROUND,
+    aux: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> None:
     """Updates one (real) tensor in place: decoupled decay ``p *= 1 - decay``, then Adam.
 
@@ -39,16 +70,23 @@ def adamw_step_(
         decay: the fraction of the param removed by weight decay this step.
         grad_scale: divides the grad (GradScaler's scale), or None.
         found_inf: nonzero skips the update and the step count, or None.
+        clip: (sum of squared grads, max_norm, ...) as written by clip_grad_norm_, or None.
+        update: how a low-precision param takes the update (``fused_mup.kernels.UPDATE_*``).
+        aux: the Kahan compensation or the fp32 master weights, for those modes.
+        generator: the RNG of stochastic rounding.
     """
     compute = torch.promote_types(param.dtype, torch.float32)
     scalar = torch.float64
     g = grad.to(compute)
     if grad_scale is not None:
-        g = g * (1.0 / grad_scale.to(compute))
+        g = g * (1.0 / grad_scale.to(compute).reshape(()))
+    if clip is not None:
+        coef = (clip[1] / (clip[0].sqrt() + 1e-6)).clamp(max=1.0)
+        g = g * coef.to(compute)
     if maximize:
         g = -g
-    update = None if found_inf is None else found_inf.to(step.device) == 0
-    new_step = step + (1.0 if update is None else update.to(step.dtype))
+    ok = None if found_inf is None else found_inf.to(step.device).reshape(()) == 0
+    new_step = step + (1.0 if ok is None else ok.to(step.dtype))
 
     t = new_step.to(scalar)
     bias_correction1 = 1.0 - torch.pow(torch.tensor(beta1, dtype=scalar, device=t.device), t)
@@ -61,7 +99,9 @@ def adamw_step_(
     weight2 = torch.tensor(1.0 - beta2, dtype=scalar).to(compute)
     eps_c = torch.tensor(eps, dtype=scalar).to(compute)
 
-    p = param.to(compute) * keep
+    source = aux if update == UPDATE_MASTER else param
+    p0 = source.to(compute)
+    p = p0 * keep
     m = exp_avg.to(compute)
     # torch's lerp switches form at weight 0.5 to stay exact at both ends.
     if 1.0 - beta1 < 0.5:
@@ -76,11 +116,23 @@ def adamw_step_(
         denom = v.sqrt() / bias_correction2_sqrt + eps_c
     p = p + neg_step_size * m / denom
 
-    outputs = [(param, p), (exp_avg, m), (exp_avg_sq, v)]
+    outputs = [(exp_avg, m), (exp_avg_sq, v)]
     if max_exp_avg_sq is not None:
         outputs.append((max_exp_avg_sq, vmax))
+    if update == UPDATE_KAHAN:
+        # Add back what earlier roundings lost, and keep what this one loses.
+        wanted = (p - p0) + aux.to(compute)
+        stored = (p0 + wanted).to(param.dtype)
+        outputs.append((aux, wanted - (stored.to(compute) - p0)))
+        outputs.append((param, stored))
+    elif update == UPDATE_STOCHASTIC:
+        outputs.append((param, round_stochastic_bf16(p.float(), generator)))
+    elif update == UPDATE_MASTER:
+        outputs += [(aux, p), (param, p)]
+    else:
+        outputs.append((param, p))
     for dst, new in outputs:
-        if update is not None:
-            new = torch.where(update.to(dst.device), new, dst.to(compute))
+        if ok is not None:
+            new = torch.where(ok.to(dst.device), new.to(dst.dtype), dst)
         dst.copy_(new)
     step.copy_(new_step)

@@ -4,23 +4,39 @@ Each program updates one chunk of one tensor. It finds its tensor through small 
 built by ``fused_mup.launcher``:
 
 - tensor table, int64 ``[n_tensors, TENSOR_COLS]``: addresses of param, grad, exp_avg,
-  exp_avg_sq, max_exp_avg_sq and step, then numel, group index and number of chunks;
+  exp_avg_sq, max_exp_avg_sq, step and the bf16 helper buffer (Kahan compensation or fp32
+  master weights), then numel, group index and number of chunks;
 - chunk table, int64 ``[n_programs, CHUNK_COLS]``: tensor index and first element;
 - group table, fp64 ``[n_groups, GROUP_COLS]``: lr, decay, beta1, beta2, eps.
 
-Hyperparameters come from the group table, never from constexprs, so a new LR never compiles a
-new kernel.
+Hyperparameters come from the group table and the clip buffer, never from constexprs, so a new
+LR or max_norm never compiles a new kernel.
 """
 
 import triton
 import triton.language as tl
 
-__all__ = ["CHUNK_COLS", "GROUP_COLS", "TENSOR_COLS", "adamw_kernel"]
+__all__ = [
+    "CHUNK_COLS",
+    "GROUP_COLS",
+    "TENSOR_COLS",
+    "UPDATE_KAHAN",
+    "UPDATE_MASTER",
+    "UPDATE_ROUND",
+    "UPDATE_STOCHASTIC",
+    "adamw_kernel",
+]
 
 # Column layout of the tables; the launcher writes them in this order.
-TENSOR_COLS = 9  # param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, numel, group, n_chunks
+TENSOR_COLS = 10  # param, grad, m, v, v_max, step, aux, numel, group, n_chunks
 CHUNK_COLS = 2  # tensor index, first element
 GROUP_COLS = 5  # lr, decay, beta1, beta2, eps
+
+# How a low-precision param takes its update (the UPDATE switch).
+UPDATE_ROUND = 0  # round to nearest even
+UPDATE_KAHAN = 1  # aux = compensation buffer in the param dtype
+UPDATE_STOCHASTIC = 2  # bf16 only: unbiased stochastic rounding, counter-based RNG
+UPDATE_MASTER = 3  # aux = fp32 master weights; the param is their rounded copy
 
 
 @triton.jit
@@ -51,6 +67,15 @@ def _round_to(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _round_to_bf16_stochastic(x, seed, offsets):
+    """Rounds up with probability equal to the dropped fraction, so E[round(x)] = x."""
+    noise = tl.randint(seed, offsets) & 0xFFFF
+    bits = (x.to(tl.uint32, bitcast=True) + noise) >> 16
+    bits = tl.where(x != x, 0x7FC0, bits)
+    return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
 def adamw_kernel(
     tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS]
     chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
@@ -58,11 +83,14 @@ def adamw_kernel(
     done_count_ptr,  # int32 [n_tensors], zero between launches
     grad_scale_ptr,  # fp32 scalar: GradScaler's scale, 1.0 without one
     found_inf_ptr,  # fp32 scalar: nonzero skips the whole step
+    clip_ptr,  # fp32 [2]: sum of squared grads, max_norm (0 and inf: no clipping)
     chunk_size,  # elements per program
+    seed,  # stochastic rounding seed
     PARAM_DTYPE: tl.constexpr,  # also the grad dtype
     STATE_DTYPE: tl.constexpr,
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
+    UPDATE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -77,9 +105,9 @@ def adamw_kernel(
     exp_avg_sq_ptr = tl.load(row + 3).to(tl.pointer_type(STATE_DTYPE))
     max_exp_avg_sq_ptr = tl.load(row + 4).to(tl.pointer_type(STATE_DTYPE))
     step_ptr = tl.load(row + 5).to(tl.pointer_type(tl.float32))
-    numel = tl.load(row + 6)
-    group_idx = tl.load(row + 7)
-    n_chunks = tl.load(row + 8)
+    numel = tl.load(row + 7)
+    group_idx = tl.load(row + 8)
+    n_chunks = tl.load(row + 9)
 
     group_row = group_table_ptr + group_idx * GROUP_COLS
     lr = tl.load(group_row)
@@ -89,8 +117,11 @@ def adamw_kernel(
     eps = tl.load(group_row + 4).to(tl.float32)
 
     # GradScaler: scale and found_inf are read on the device; an inf step changes nothing,
-    # its step count included.
+    # its step count included. Clipping: torch's coefficient, min(1, max_norm / (norm + 1e-6)).
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
+    clip_coef = tl.minimum(tl.load(clip_ptr + 1) / (tl.sqrt_rn(tl.load(clip_ptr)) + 1e-6), 1.0).to(
+        tl.float32
+    )
     update = tl.load(found_inf_ptr) == 0
     old_step = tl.load(step_ptr)
     step = old_step + update.to(tl.float32)
@@ -105,6 +136,11 @@ def adamw_kernel(
     weight1 = (1.0 - beta1).to(tl.float32)
     beta2_f = beta2.to(tl.float32)
     weight2 = (1.0 - beta2).to(tl.float32)
+    if UPDATE == UPDATE_MASTER:
+        aux_ptr = tl.load(row + 6).to(tl.pointer_type(tl.float32))
+    else:
+        aux_ptr = tl.load(row + 6).to(tl.pointer_type(PARAM_DTYPE))
+    rng_seed = seed + step_int.to(tl.int64) * 1_000_003 + tensor_idx * 7_919
 
     # On an inf step the range is empty: nothing is read or written.
     end = tl.where(update, tl.minimum(start + chunk_size, numel), start)
@@ -116,36 +152,52 @@ def adamw_kernel(
         block_start += BLOCK
         mask = offsets < end
         # Math in fp32 whatever the storage dtype; cast only at the store.
-        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+        if UPDATE == UPDATE_MASTER:
+            param = tl.load(aux_ptr + offsets, mask=mask)
+        else:
+            param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
         grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32) * inv_scale
+        grad = grad * clip_coef
         if MAXIMIZE:
             grad = -grad
         exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
         exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
 
-        param = param * keep
-        # IEEE sqrt and division below (Triton defaults to approximate ones) keep fp32 within
-        # rounding of torch's result.
+        new_param = param * keep
         # torch's lerp, which switches form at weight 0.5 to stay exact at both ends.
         if weight1 < 0.5:
             exp_avg = exp_avg + weight1 * (grad - exp_avg)
         else:
             exp_avg = grad - (grad - exp_avg) * (1.0 - weight1)
         exp_avg_sq = exp_avg_sq * beta2_f + weight2 * grad * grad
+        # IEEE sqrt and division (Triton defaults to approximate ones) keep fp32 within
+        # rounding of torch's result.
         if AMSGRAD:
             max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
             max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq)
             denom = tl.div_rn(tl.sqrt_rn(max_exp_avg_sq), bias_correction2_sqrt) + eps
             tl.store(
-                max_exp_avg_sq_ptr + offsets,
-                _round_to(max_exp_avg_sq, STATE_DTYPE),
-                mask=mask,
+                max_exp_avg_sq_ptr + offsets, _round_to(max_exp_avg_sq, STATE_DTYPE), mask=mask
             )
         else:
             denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
-        param = param + tl.div_rn(neg_step_size * exp_avg, denom)
+        new_param = new_param + tl.div_rn(neg_step_size * exp_avg, denom)
 
-        tl.store(param_ptr + offsets, _round_to(param, PARAM_DTYPE), mask=mask)
+        if UPDATE == UPDATE_KAHAN:
+            # Add back what earlier roundings lost, and keep what this one loses.
+            compensation = tl.load(aux_ptr + offsets, mask=mask).to(tl.float32)
+            wanted = (new_param - param) + compensation
+            stored = _round_to(param + wanted, PARAM_DTYPE)
+            lost = wanted - (stored.to(tl.float32) - param)
+            tl.store(aux_ptr + offsets, _round_to(lost, PARAM_DTYPE), mask=mask)
+        elif UPDATE == UPDATE_STOCHASTIC:
+            stored = _round_to_bf16_stochastic(new_param, rng_seed, offsets)
+        elif UPDATE == UPDATE_MASTER:
+            tl.store(aux_ptr + offsets, new_param, mask=mask)
+            stored = _round_to(new_param, PARAM_DTYPE)
+        else:
+            stored = _round_to(new_param, PARAM_DTYPE)
+        tl.store(param_ptr + offsets, stored, mask=mask)
         tl.store(exp_avg_ptr + offsets, _round_to(exp_avg, STATE_DTYPE), mask=mask)
         tl.store(exp_avg_sq_ptr + offsets, _round_to(exp_avg_sq, STATE_DTYPE), mask=mask)
 

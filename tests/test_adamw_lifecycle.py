@@ -130,9 +130,9 @@ def test_grad_scaler_skips_inf_step_and_matches_torch(device, monkeypatch):
     seen_scales = []
     real_launch = launcher.launch
 
-    def spy(bucket, groups, grad_scale, found_inf, config):
+    def spy(bucket, groups, grad_scale, found_inf, config, **kwargs):
         seen_scales.append(grad_scale)
-        return real_launch(bucket, groups, grad_scale, found_inf, config)
+        return real_launch(bucket, groups, grad_scale, found_inf, config, **kwargs)
 
     monkeypatch.setattr(launcher, "launch", spy)
     m_ours, m_ref = tiny_model(device), tiny_model(device)

@@ -59,7 +59,7 @@ def test_element_offsets_past_2_to_the_31_are_int64(device):
     table = bucket.tensor_table_host.clone()
     for col in (0, 1, 2, 3):  # param, grad, exp_avg, exp_avg_sq addresses
         table[0, col] -= shift
-    table[0, 6] = offset + 100  # numel as seen from the shifted base
+    table[0, 7] = offset + 100  # numel as seen from the shifted base
     bucket.tensor_table = table.to(device)
     bucket.chunk_table = torch.tensor([[0, offset]], dtype=torch.int64, device=device)
     bucket.n_programs = 1

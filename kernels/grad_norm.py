@@ -1,0 +1,65 @@
+"""Squared L2 norm of all grads in one launch, for clipping and the inf check.
+
+Reads the grad column of the AdamW tensor table, so it needs no tables of its own. Each program
+writes the sum of squares of its chunk; the last program to finish adds the partials in program
+order (deterministic, unlike float atomics) and writes the total, max_norm and the non-finite
+flag into the clip buffer that the AdamW kernel reads.
+"""
+
+import triton
+import triton.language as tl
+from fused_mup.kernels.adamw import CHUNK_COLS, TENSOR_COLS
+
+__all__ = ["grad_sumsq_kernel"]
+
+
+@triton.jit
+def grad_sumsq_kernel(
+    tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS] (AdamW's table)
+    chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
+    partials_ptr,  # fp32 [n_programs] scratch
+    done_count_ptr,  # int32 [1], zero between launches
+    grad_scale_ptr,  # fp32 scalar: the norm is of grad / grad_scale
+    clip_ptr,  # fp32 [3] out: sum of squares, max_norm, non-finite flag
+    n_programs,
+    chunk_size,
+    max_norm,
+    accumulate,  # 1: add to clip_ptr[0] (a second dtype bucket), 0: overwrite
+    PARAM_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_row = chunk_table_ptr + pid * CHUNK_COLS
+    tensor_idx = tl.load(chunk_row)
+    start = tl.load(chunk_row + 1)
+    row = tensor_table_ptr + tensor_idx * TENSOR_COLS
+    grad_ptr = tl.load(row + 1).to(tl.pointer_type(PARAM_DTYPE))
+    numel = tl.load(row + 7)
+    # Unscale before squaring so that a large loss scale cannot overflow the fp32 sum.
+    inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
+
+    acc = tl.zeros((BLOCK,), tl.float32)
+    end = tl.minimum(start + chunk_size, numel)
+    block_start = start
+    while block_start < end:
+        offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
+        block_start += BLOCK
+        grad = tl.load(grad_ptr + offsets, mask=offsets < end, other=0.0).to(tl.float32)
+        grad = grad * inv_scale
+        acc += grad * grad
+    tl.store(partials_ptr + pid, tl.sum(acc, axis=0))
+
+    finished = tl.atomic_add(done_count_ptr, 1)
+    if finished == n_programs - 1:
+        total = tl.zeros((BLOCK,), tl.float32)
+        for first in range(0, n_programs, BLOCK):
+            idx = first + tl.arange(0, BLOCK)
+            # .cg: read the partials from L2, where the other programs' stores landed.
+            total += tl.load(
+                partials_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg"
+            )
+        sumsq = tl.sum(total, axis=0) + tl.load(clip_ptr) * accumulate
+        tl.store(clip_ptr, sumsq)
+        tl.store(clip_ptr + 1, max_norm)
+        tl.store(clip_ptr + 2, ((sumsq - sumsq) != 0).to(tl.float32))  # inf - inf is NaN
+        tl.store(done_count_ptr, 0)
