@@ -268,16 +268,20 @@ class AdamW(torch.optim.Optimizer):
             for key, value in old.items():
                 if key not in saved:
                     group[key] = value
-        if self.state_dtype is not None:
-            # torch's loader casts states to the param dtype; restore the requested precision
-            # from the checkpoint's own tensors, which still hold it.
-            saved_states = state_dict["state"]
-            ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-            params = [p for g in self.param_groups for p in g["params"]]
-            for pid, p in zip(ids, params):
-                for key, value in saved_states.get(pid, {}).items():
-                    if key != "step" and torch.is_tensor(value) and not p.is_complex():
-                        self.state[p][key] = value.to(p.device, self.state_dtype)
+        # torch's loader casts every float state to the param dtype. Restore, from the
+        # checkpoint's own tensors, the precision that was asked for: fp32 master weights, and
+        # the moments in state_dtype.
+        saved_states = state_dict["state"]
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params):
+            for key, value in saved_states.get(pid, {}).items():
+                if not torch.is_tensor(value) or key == "step" or p.is_complex():
+                    continue
+                if key == "master_param":
+                    self.state[p][key] = value.to(p.device, torch.float32)
+                elif self.state_dtype is not None and key != "kahan_comp":
+                    self.state[p][key] = value.to(p.device, self.state_dtype)
         self._plan = None
 
     # ---- the step ----------------------------------------------------------------------------
@@ -670,6 +674,11 @@ class AdamW(torch.optim.Optimizer):
             state[aux_key] = torch.zeros_like(p, memory_format=torch.preserve_format)
         elif aux_key == "master_param" and aux_key not in state:
             state[aux_key] = p.detach().to(torch.float32, memory_format=torch.preserve_format)
+        if aux_key:
+            # The kernel trusts these dtypes for its pointer arithmetic: enforce them.
+            want = torch.float32 if aux_key == "master_param" else p.dtype
+            if state[aux_key].dtype != want:
+                state[aux_key] = state[aux_key].to(want)
         if aux_key and (state[aux_key].shape != p.shape or state[aux_key].device != p.device):
             raise RuntimeError(
                 f"optimizer state '{aux_key}' of {where} has shape {tuple(state[aux_key].shape)} "

@@ -52,8 +52,10 @@ def grad_sumsq_kernel(
     finished = tl.atomic_add(done_count_ptr, 1)
     if finished == n_programs - 1:
         total = tl.zeros((BLOCK,), tl.float32)
-        for first in range(0, n_programs, BLOCK):
+        first = 0
+        while first < n_programs:  # while, not range(): see the AdamW kernel's loop
             idx = first + tl.arange(0, BLOCK)
+            first += BLOCK
             # .cg: read the partials from L2, where the other programs' stores landed.
             total += tl.load(
                 partials_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg"
