@@ -297,7 +297,14 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update()
+        return loss
 
+    # Dynamo cannot trace the launch (its tables hold raw addresses), so inside a compiled
+    # function step() is a graph break that runs eagerly, and the compiled model around it
+    # stays compiled.
+    @torch.compiler.disable
+    def _update(self) -> None:
         grads = [p.grad for group in self.param_groups for p in group["params"]]
         plan = self._current_plan(grads)
         grad_scale: Tensor | None = getattr(self, "grad_scale", None)
@@ -356,8 +363,8 @@ class AdamW(torch.optim.Optimizer):
                     else None
                 ),
             )
-        return loss
 
+    @torch.compiler.disable
     @torch.no_grad()
     def clip_grad_norm_(
         self,
