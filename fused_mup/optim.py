@@ -421,8 +421,8 @@ class AdamW(torch.optim.Optimizer):
         if grad_scaler is not None and grad_scaler.is_enabled():
             scale, scaler_state = self._take_scaler(grad_scaler)
         scale_t = scale if scale is not None else self._amp_tensors(device, None, None)[0]
-        # zeros, not empty: the norm kernel adds clip[0] * accumulate, and garbage NaN * 0 is NaN.
-        clip = torch.zeros(3, dtype=torch.float32, device=device)
+        # Fresh per call: the returned norm and GradScaler's found_inf are views of it.
+        clip = torch.empty(3, dtype=torch.float32, device=device)
 
         refs = self._point_buckets_at_grads(plan, grads)
         for n, (bucket, _) in enumerate(plan.buckets):

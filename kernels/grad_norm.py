@@ -60,7 +60,8 @@ def grad_sumsq_kernel(
             total += tl.load(
                 partials_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg"
             )
-        sumsq = tl.sum(total, axis=0) + tl.load(clip_ptr) * accumulate
+        # where, not a multiply by accumulate: an unset buffer may hold NaN, and NaN * 0 is NaN.
+        sumsq = tl.sum(total, axis=0) + tl.where(accumulate != 0, tl.load(clip_ptr), 0.0)
         tl.store(clip_ptr, sumsq)
         tl.store(clip_ptr + 1, max_norm)
         tl.store(clip_ptr + 2, ((sumsq - sumsq) != 0).to(tl.float32))  # inf - inf is NaN

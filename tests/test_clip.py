@@ -154,3 +154,21 @@ def test_clip_errors_are_torchs():
     scaler = torch.amp.GradScaler("cpu")
     with pytest.raises(RuntimeError, match="scaler.scale\\(loss\\)"):
         opt.clip_grad_norm_(1.0, grad_scaler=scaler)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_norm_ignores_whatever_the_scratch_held(device):
+    """Poison: every buffer clip_grad_norm_ allocates starts as NaN; the norm must not see it."""
+    m, ref = model_and_copy(device)
+    opt = ours(m, "triton")
+    for model in (m, ref):
+        loss_on(model, device, 0).backward()
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    with mock.patch("torch.empty", poisoned_empty):
+        norm = opt.clip_grad_norm_(1.0)
+    assert_close(norm, nn.utils.clip_grad_norm_(ref.parameters(), 1.0), FP32, "poisoned norm")
