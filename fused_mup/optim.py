@@ -147,7 +147,10 @@ class AdamW(torch.optim.Optimizer):
         params: iterable of tensors, of dicts (param groups), or of (name, tensor) pairs.
         lr, betas, eps, weight_decay, amsgrad, maximize: as in torch.optim.AdamW.
         foreach, fused: accepted for compatibility and ignored: the update is always fused.
-        capturable: not supported yet (raises NotImplementedError when True).
+        capturable: build the group table on the device from tensor LRs (``lr`` may be a
+            device tensor that schedulers ``fill_``), so that ``step()`` can be captured in a
+            CUDA graph and replayed. Warm up with eager steps before capturing; grads must be
+            static tensors (as CUDA graphs require anyway).
         differentiable: not supported (raises NotImplementedError when True).
         backend: "auto" (Triton on CUDA tensors, plain torch on CPU), "triton" (always the
             kernel; CPU tensors need ``TRITON_INTERPRET=1`` set before triton is imported), or
@@ -201,11 +204,6 @@ class AdamW(torch.optim.Optimizer):
             raise NotImplementedError(
                 "fused_mup.AdamW does not support differentiable=True: the fused kernel updates "
                 "in place outside autograd. Use torch.optim.AdamW(differentiable=True)."
-            )
-        if capturable:
-            raise NotImplementedError(
-                "fused_mup.AdamW does not support capturable=True yet; lr and step are read "
-                "from host values."
             )
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
@@ -315,15 +313,20 @@ class AdamW(torch.optim.Optimizer):
         if self._pending_scale is not None:
             grad_scale = self._pending_scale if grad_scale is None else grad_scale
             self._pending_scale = None
-        values = self._group_scalars()
+        capturable = any(g["capturable"] for g in self.param_groups)
+        values = self._group_scalars() if plan.plain or not capturable else []
 
         refs = self._point_buckets_at_grads(plan, grads)
         for bucket, _ in plan.buckets:
             device = bucket.key.device
             scale, inf = self._amp_tensors(device, grad_scale, found_inf)
+            if capturable:
+                table = self._capturable_group_table(device)
+            else:
+                table = self._device_group_table(device, values)
             launcher.launch(
                 bucket,
-                self._device_group_table(device, values),
+                table,
                 scale,
                 inf,
                 self.kernel_config,
@@ -522,6 +525,47 @@ class AdamW(torch.optim.Optimizer):
             values += [lr_eff, decay, float(beta1), float(beta2), float(group["eps"])]
         return values
 
+    def _capturable_group_table(self, device: torch.device) -> Tensor:
+        """The group table from device ops only, so that a CUDA graph replays it.
+
+        Float hyperparameters go into a static table (uploaded when they change, which a graph
+        capture refuses); a tensor lr scales its row's lr and decay columns on the device.
+        """
+        rows, scaled = [], []
+        for gi, group in enumerate(self.param_groups):
+            lr, mult = group["lr"], group["lr_mult"]
+            wd_eff = group["weight_decay"] * group["wd_mult"]
+            coupled = group["weight_decay_mode"] == "coupled"
+            beta1, beta2 = group["betas"]
+            tail = [float(beta1), float(beta2), float(group["eps"])]
+            if isinstance(lr, Tensor):
+                initial = group.get("initial_lr", lr)
+                rows.append([mult, mult * wd_eff if coupled else wd_eff, *tail])
+                scaled.append((gi, lr, None if coupled else initial))
+            else:
+                initial = group.get("initial_lr", lr)
+                decay = lr * mult * wd_eff if coupled else (lr / initial if initial else 0) * wd_eff
+                rows.append([lr * mult, decay, *tail])
+        values = [v for row in rows for v in row]
+        if values != self._group_values or device not in self._device_tables:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(
+                    "fused_mup.AdamW: float hyperparameters changed during CUDA graph capture; "
+                    "make them tensors or run an eager step first."
+                )
+            self._device_tables = {} if values != self._group_values else self._device_tables
+            self._group_values = values
+            self._device_tables[device] = launcher.group_table(values, device, out=None)
+        table = self._device_tables[device].clone()
+        for gi, lr, initial in scaled:
+            lr64 = lr.to(device=device, dtype=torch.float64)
+            if initial is None:
+                table[gi, :2] *= lr64
+            else:
+                table[gi, 0] *= lr64
+                table[gi, 1] *= lr64 / torch.as_tensor(initial, device=device).double()
+        return table
+
     def _device_group_table(self, device: torch.device, values: list[float]) -> Tensor:
         if values != self._group_values:
             self._device_tables = {}
@@ -577,14 +621,23 @@ class AdamW(torch.optim.Optimizer):
         ):
             if grad_addresses != plan.grad_addresses:
                 # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
+                self._refuse_during_capture("grads moved to new tensors")
                 for i in range(len(grads)):
                     if grad_addresses[i] != plan.grad_addresses[i] and grads[i] is not None:
                         g, p = _local(grads[i]), _local(params[i])
                         plan.grad_copies[i] = g.stride() != p.stride()
                 plan.grad_addresses = grad_addresses
             return plan
+        self._refuse_during_capture("the set of params, or where they live, changed")
         self._plan = self._build_plan(params, grads)
         return self._plan
+
+    def _refuse_during_capture(self, what: str) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"fused_mup.AdamW: {what} during CUDA graph capture. Run a few eager steps "
+                "first and keep params and grads static while capturing."
+            )
 
     # ---- (re)building, only when something structural changed --------------------------------
 
