@@ -32,6 +32,7 @@ from fused_mup.transfer_params import PRESETS, available_impl
 __all__ = [
     "SweepSpec",
     "load_results",
+    "load_timing",
     "main",
     "make_report",
     "run_key_id",
@@ -40,6 +41,7 @@ __all__ = [
 
 RESULTS = "results.jsonl"
 SPEC = "spec.json"
+TIMING = "timing.jsonl"
 
 
 def _pow2(lo: int, hi: int) -> tuple[float, ...]:
@@ -63,7 +65,7 @@ class SweepSpec:
     context: int = 128
     batch: int = 32
     base_width: int = 64
-    tokens: int | None = 4096 * 1000
+    tokens: int | None = 4096 * 2000  # 2000 steps of 32 x 128
     tokens_per_param: float | None = None
     weight_decay: float = 0.0
     weight_decay_mode: str = "independent"
@@ -81,13 +83,13 @@ class SweepSpec:
         """The ``--quick`` sweep: <= 10 min on a 2-core CPU, and SP's optimum still drifts."""
         base: dict[str, Any] = dict(
             widths=(32, 64, 128, 256),
-            lrs=_pow2(-11, -4),
+            lrs=_pow2(-10, -4),
             depth=2,
             heads=4,
             context=32,
             batch=16,
             base_width=32,
-            tokens=16 * 32 * 120,
+            tokens=16 * 32 * 100,  # 100 steps
             eval_batches=8,
             max_bytes=2_000_000,
             device="cpu",
@@ -275,7 +277,7 @@ def run_sweep(
     jobs = default_jobs(spec.device) if jobs is None else max(1, jobs)
     total = sum(_cost(c) for c in todo)
     bar = _Progress(total, len(todo), len(runs) - len(todo), enabled=progress)
-    t0 = time.time()
+    t0, cpu0, load0 = time.time(), _cpu_seconds(), _loadavg()
 
     def finish(cfg: RunConfig, res: dict[str, Any]) -> None:
         key = cfg.key()
@@ -307,10 +309,60 @@ def run_sweep(
                     raise
     finally:
         bar.close()
+        if todo:
+            _append(out / TIMING, _timing(t0, cpu0, load0, jobs, bar.k, len(runs)))
     if todo and progress:
         print(f"{len(todo)} runs in {time.time() - t0:.0f} s -> {results}", file=sys.stderr)
     by_id = {rec["id"]: rec for rec in load_results(results)}
     return [by_id[i] for i in (run_key_id(c.key()) for c in runs) if i in by_id]
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped pool workers
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _timing(
+    t0: float, cpu0: float, load0: float | None, jobs: int, done: int, n: int
+) -> dict[str, Any]:
+    # One line per invocation: the report quotes wall time and CPU time, and the load average
+    # says whether other work shared the cores (wall time alone would hide that).
+    return {
+        "key": None,
+        "started": t0,
+        "wall_s": round(time.time() - t0, 2),
+        "cpu_s": round(_cpu_seconds() - cpu0, 2),
+        "jobs": jobs,
+        "cores": default_jobs("cpu"),
+        "runs_done": done,
+        "runs_in_spec": n,
+        "loadavg_start": load0,
+        "loadavg_end": _loadavg(),
+    }
+
+
+def load_timing(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-invocation timing lines of a sweep directory (``timing.jsonl``)."""
+    path = Path(out_dir) / TIMING
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 class _Progress:
@@ -361,7 +413,6 @@ def make_report(
     spec: SweepSpec | None = None,
     n_boot: int = 200,
     plots: bool = True,
-    wall_s: float | None = None,
 ) -> dict[str, Any]:
     """Compute the metrics of a finished (or partial) sweep and write the report.
 
@@ -374,7 +425,6 @@ def make_report(
         spec: restrict to this spec's runs (default: ``out_dir/spec.json``, else all records).
         n_boot: bootstrap replicates (used when there are >= 2 seeds).
         plots: write the figures.
-        wall_s: sweep wall time to quote in the report.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -390,7 +440,7 @@ def make_report(
         recs = [r for r in recs if r.get("id") in ids]
     if not recs:
         raise SystemExit(f"no results for this sweep in {out / RESULTS}")
-    return write_report(out, recs, spec, n_boot=n_boot, plots=plots, wall_s=wall_s)
+    return write_report(out, recs, spec, n_boot=n_boot, plots=plots, timing=load_timing(out))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,7 +520,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fused-mup transfer``; returns the exit status."""
     a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(a.out or f"runs/transfer/{'quick' if a.quick else 'full'}")
-    wall = None
     if a.report_only:
         spec = None
         if any(getattr(a, k) is not None for k in ("widths", "lrs", "presets", "seeds")):
@@ -485,10 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"out={out}",
             file=sys.stderr,
         )
-        t0 = time.time()
         run_sweep(spec, out, jobs=a.jobs, progress=not a.no_progress)
-        wall = time.time() - t0
-    metrics = make_report(out, spec, n_boot=a.bootstrap, plots=not a.no_plots, wall_s=wall)
+    metrics = make_report(out, spec, n_boot=a.bootstrap, plots=not a.no_plots)
     print((out / "report.md").read_text() if metrics else "", end="")
     return 0
 

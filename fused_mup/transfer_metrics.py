@@ -338,7 +338,12 @@ def preset_metrics(
         m.R = [float(v) if not np.isnan(v) else None for v in R]
         sf = fit_saturating(W, R)
         m.R_fit = sf if isinstance(sf, str) else asdict(sf)
-        m.R_inf = None if isinstance(sf, str) else sf.R_inf
+        m.R_inf = _r_inf(sf)
+        if m.R_inf is None and not isinstance(sf, str):
+            m.notes.append(
+                "R(d) is still growing at the largest width (gamma at the lower grid bound): "
+                "R_inf is not determined by these widths (the raw fit is in R_fit)"
+            )
     # R with the LR taken from this preset's own power-law fit (in-sample)
     if fit is not None:
         LF = np.array(
@@ -346,9 +351,15 @@ def preset_metrics(
         )
         RF = LF / best_loss - 1.0
         m.R_fitlr = [float(v) if not np.isnan(v) else None for v in RF]
-        sf2 = fit_saturating(W, RF)
-        m.R_inf_fitlr = None if isinstance(sf2, str) else sf2.R_inf
+        m.R_inf_fitlr = _r_inf(fit_saturating(W, RF))
     return m
+
+
+def _r_inf(sf: SaturatingFit | str) -> float | None:
+    # A fit that wants gamma -> 0 with A < 0 is R growing like log d: no asymptote to report.
+    if isinstance(sf, str) or (sf.gamma_at_bound and sf.gamma < 0.5 and sf.A < 0):
+        return None
+    return sf.R_inf
 
 
 def compute_metrics(sweep: Sweep, seed_idx: np.ndarray | None = None) -> dict[str, PresetMetrics]:

@@ -122,10 +122,12 @@ def _init(groups: list[dict[str, Any]], cfg: RunConfig) -> None:
                 elif g["role"] == "hidden":
                     p.normal_(0.0, sigma0 / math.sqrt(m))
     if cfg.preset != "mup":
+        # Rescale rather than redraw: same random stream, so all presets are bit-identical
+        # at the base width.
         for g in groups:
             if g["role"] == "readout":
                 for p in g["params"]:
-                    p.normal_(0.0, sigma0 / math.sqrt(m))
+                    p.mul_(1.0 / math.sqrt(m))
 
 
 def build(cfg: RunConfig) -> tuple[TinyGPT, list[dict[str, Any]]]:

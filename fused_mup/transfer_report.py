@@ -145,7 +145,7 @@ def _setup_lines(recs: list[dict[str, Any]], spec: SweepSpec | None, sweep: Swee
         f"- data: {src} (max {k0['max_bytes']:,} bytes, fingerprint `{k0['data']}`); "
         f"metric: held-out validation loss, nats/byte",
         f"- runs: {len(recs)} ({n_div} diverged), device {k0['device']}, "
-        f"{secs / 60:.1f} min of run time summed over workers",
+        f"{secs / 60:.1f} min of per-run wall time summed over workers",
     ]
     return lines
 
@@ -156,7 +156,7 @@ def write_report(
     spec: SweepSpec | None,
     n_boot: int = 200,
     plots: bool = True,
-    wall_s: float | None = None,
+    timing: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Compute metrics (+ bootstrap), write ``metrics.json``, ``report.md`` and figures."""
     sweep = Sweep.from_records(recs)
@@ -165,8 +165,22 @@ def write_report(
     W = sweep.widths
     dmax = int(W[-1])
     lines = [f"# fused-mup transfer: {spec.name if spec else out.name}", ""]
-    if wall_s is not None:
-        lines += [f"Wall time of the sweep: **{wall_s / 60:.1f} min**.", ""]
+    wall_s = None
+    if timing:
+        wall_s = sum(t["wall_s"] for t in timing)
+        cpu_s = sum(t["cpu_s"] for t in timing)
+        last = timing[-1]
+        loads = [t.get("loadavg_start") for t in timing] + [t.get("loadavg_end") for t in timing]
+        loads = [x for x in loads if x is not None]
+        inv = "" if len(timing) == 1 else f" over {len(timing)} invocations (resumed)"
+        lines += [
+            f"Wall time of the sweep: **{wall_s / 60:.1f} min**{inv}, with {last['jobs']} "
+            f"worker processes on {last['cores']} cores; CPU time {cpu_s / 60:.1f} min "
+            f"(so ≈ {cpu_s / 60 / max(1, min(last['jobs'], last['cores'])):.1f} min on "
+            f"{min(last['jobs'], last['cores'])} otherwise idle cores)"
+            + (f"; 1-min load average seen: {min(loads):.1f}–{max(loads):.1f}." if loads else "."),
+            "",
+        ]
     lines += _setup_lines(recs, spec, sweep)
     lines += [
         "",
@@ -198,9 +212,12 @@ def write_report(
     ]
     for name, m in metrics.items():
         r_last = m.R[-1] if m.R else None
+        r_inf = _fmt(m.R_inf, 4)
+        if isinstance(m.R_fit, dict) and m.R_inf is None:
+            r_inf = f"not saturating (≥ {_fmt(r_last, 3)})"
         lines.append(
             f"| {name} | {_fmt(m.b)} | {_fmt(m.E)} | {_fmt(m.extrap_err)} | {_fmt(m.kappa)} | "
-            f"{_fmt(m.extrap_penalty, 4)} | {_fmt(r_last, 4)} | {_fmt(m.R_inf, 4)} |"
+            f"{_fmt(m.extrap_penalty, 4)} | {_fmt(r_last, 4)} | {r_inf} |"
         )
     lines += [""]
 

@@ -83,6 +83,16 @@ def test_R_inf_on_planted_gap():
     assert ms["q"].R_fit["gamma"] == pytest.approx(0.7, abs=0.02)
 
 
+def test_growing_penalty_has_no_R_inf():
+    # R(d) = 0.1 log2(d/32): growing without bound, so no asymptote may be reported.
+    base = planted(b=0.0, kappa=0.0)
+    gap = 0.1 * np.log2(WIDTHS / 32) + 1e-3
+    lq = base.loss[0] * (1 + gap)[:, None, None]
+    ms = compute_metrics(Sweep(["p", "q"], WIDTHS, LRS, [0], np.stack([base.loss[0], lq])))
+    assert ms["q"].R_inf is None and isinstance(ms["q"].R_fit, dict)
+    assert any("still growing" in n for n in ms["q"].notes)
+
+
 def test_saturating_fit_reports_underdetermined():
     assert "underdetermined" in fit_saturating(np.array([32, 64, 128]), np.array([0.1, 0.05, 0.03]))
     assert fit_saturating(np.array([32, 64, 128, 256]), np.array([0.1, math.inf, 0, 0])) == (
@@ -206,6 +216,7 @@ def test_end_to_end_cli(tmp_path):
     assert len(load_results(tmp_path)) == 2 * 3 * 5 * 2
     report = (tmp_path / "report.md").read_text()
     assert "## sp" in report and "## mup" in report and "95% CI" in report
+    assert "Wall time of the sweep" in report
     assert (tmp_path / "transfer.png").stat().st_size > 0
     assert (tmp_path / "eta_star.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
