@@ -84,6 +84,9 @@ EPS = 1e-8
 BASE_WIDTH = 256
 
 
+# Small enough that every workload's random grads are clipped.
+CLIP_NORM = 1.0
+
 # --------------------------------------------------------------------------- byte model
 
 
@@ -324,6 +327,9 @@ class Impl:
     check: Callable[[torch.device], str | None] = lambda device: None
     applies: Callable[[Workload], bool] = lambda w: True
     cleanup: Callable[[], None] | None = None  # frees what outlives the optimizer
+    # Bytes per param that this implementation's step moves beyond the AdamW minimum counted
+    # from its state (extra passes such as clipping; negative where a read is avoided).
+    extra_bytes: Callable[[Workload], float] = lambda w: 0.0
 
 
 def _torch_groups(ctx: BuildContext) -> list[dict[str, Any]]:
@@ -355,7 +361,9 @@ def fused_mup_backend(device: torch.device) -> str:
     return "auto"
 
 
-def _fused_mup_builder(state_from_workload: bool) -> Callable[[BuildContext], Any]:
+def _fused_mup_builder(
+    state_from_workload: bool, bf16_update: str = "round", clip: bool = False
+) -> Callable[[BuildContext], Any]:
     def build(ctx: BuildContext) -> tuple[Any, Callable[[], Any]]:
         from fused_mup.optim import AdamW
 
@@ -369,10 +377,39 @@ def _fused_mup_builder(state_from_workload: bool) -> Callable[[BuildContext], An
             amsgrad=ctx.amsgrad,
             backend=fused_mup_backend(ctx.device),
             state_dtype=state_dtype,
+            bf16_update=bf16_update,
         )
-        return opt, opt.step
+        if not clip:
+            return opt, opt.step
+
+        def clip_and_step() -> None:
+            opt.clip_grad_norm_(CLIP_NORM)
+            opt.step()
+
+        return opt, clip_and_step
 
     return build
+
+
+def _torch_fused_clip_build(ctx: BuildContext) -> tuple[Any, Callable[[], Any]]:
+    opt = torch.optim.AdamW(
+        _torch_groups(ctx), lr=BASE_LR, betas=BETAS, eps=EPS, amsgrad=ctx.amsgrad, fused=True
+    )
+    params = [p for g in ctx.groups for p in g["params"]]
+
+    def clip_and_step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM, foreach=True)
+        opt.step()
+
+    return opt, clip_and_step
+
+
+def _grad_bytes(w: Workload) -> int:
+    return torch.empty((), dtype=w.param_dtype).element_size()
+
+
+def _bf16(w: Workload) -> bool:
+    return w.param_dtype == torch.bfloat16
 
 
 def _torch_builder(**kw: Any) -> Callable[[BuildContext], Any]:
@@ -463,6 +500,22 @@ def default_impls() -> list[Impl]:
              _fused_mup_check),
         Impl("fused_mup:pstate", "fused_mup.AdamW, states in param dtype (like torch)",
              _fused_mup_builder(False), _fused_mup_check, applies=_mixed),
+        # bf16 update modes: Kahan adds a bf16 compensation read + write (+4 B, counted from
+        # state); master reads fp32 master weights instead of the bf16 param (-2 B beside the
+        # +8 B of the master state counted from state).
+        Impl("fused_mup:kahan", "fused_mup.AdamW(bf16_update='kahan')",
+             _fused_mup_builder(True, "kahan"), _fused_mup_check, applies=_bf16),
+        Impl("fused_mup:stochastic", "fused_mup.AdamW(bf16_update='stochastic')",
+             _fused_mup_builder(True, "stochastic"), _fused_mup_check, applies=_bf16),
+        Impl("fused_mup:master", "fused_mup.AdamW(bf16_update='master')",
+             _fused_mup_builder(True, "master"), _fused_mup_check, applies=_bf16,
+             extra_bytes=lambda w: -_grad_bytes(w)),
+        # Clipping: fused is one extra read of the grads (+G); torch's clip_grad_norm_ reads
+        # them for the norm and reads + writes them to scale (+3G).
+        Impl("fused_mup+clip", "fused_mup clip_grad_norm_ + step",
+             _fused_mup_builder(True, clip=True), _fused_mup_check, extra_bytes=_grad_bytes),
+        Impl("torch_fused+clip", "clip_grad_norm_(foreach) + AdamW(fused=True)",
+             _torch_fused_clip_build, extra_bytes=lambda w: 3 * _grad_bytes(w)),
         Impl("torch_foreach", "torch.optim.AdamW(foreach=True)", _torch_builder(foreach=True)),
         Impl("torch_fused", "torch.optim.AdamW(fused=True)", _torch_builder(fused=True)),
         Impl("apex", "apex.optimizers.FusedAdam", _apex_build,
@@ -732,7 +785,9 @@ def _bench_one(
             step()
         _sync(device)
         row.state_dtype = _state_dtype_name(opt, params, w)
-        row.bytes_per_param = _traffic_bytes(opt, params, w, cfg.amsgrad) / w.numel
+        row.bytes_per_param = _traffic_bytes(
+            opt, params, w, cfg.amsgrad
+        ) / w.numel + impl.extra_bytes(w)
         if device.type == "cuda":
             row.device_ms, row.device_p20_ms, row.device_p80_ms = _device_time(step, device, cfg)
             row.e2e_ms, row.e2e_p20_ms, row.e2e_p80_ms = _quantiles(
