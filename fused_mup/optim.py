@@ -123,6 +123,9 @@ class _Plan:
     switches: list[tuple]  # per group: the keys that pick a bucket (compile-time switches)
     grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
     sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
+    # Per param, the state dict the slots point into. ZeroRedundancyOptimizer.load_state_dict
+    # assigns opt.state[p] = {...} without going through load_state_dict: that is a rebuild.
+    states: list[dict | None] | None = None
 
 
 class AdamW(torch.optim.Optimizer):
@@ -603,7 +606,8 @@ class AdamW(torch.optim.Optimizer):
         raise IndexError(flat_index)
 
     def _current_plan(self, grads: list[Tensor | None]) -> _Plan:
-        """The cached plan, or a new one if params or grads moved. Costs two lists per step."""
+        """The cached plan, or a new one if params, grads or states moved. Costs three lists
+        per step."""
         params = [p for group in self.param_groups for p in group["params"]]
         try:
             param_addresses = [
@@ -614,10 +618,12 @@ class AdamW(torch.optim.Optimizer):
             param_addresses, grad_addresses = [], []
         plan = self._plan
         switches = self._switches()
+        states = [self.state.get(p) for p in params]  # .get: never creates state
         if (
             plan is not None
             and param_addresses == plan.param_addresses
             and switches == plan.switches
+            and all(a is b for a, b in zip(states, plan.states))
         ):
             if grad_addresses != plan.grad_addresses:
                 # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
@@ -630,6 +636,7 @@ class AdamW(torch.optim.Optimizer):
             return plan
         self._refuse_during_capture("the set of params, or where they live, changed")
         self._plan = self._build_plan(params, grads)
+        self._plan.states = [self.state.get(p) for p in params]  # as _build_plan left them
         return self._plan
 
     def _refuse_during_capture(self, what: str) -> None:
