@@ -3,6 +3,7 @@ as a top-level ``kernels`` module (a different PyPI package owns that name)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -40,3 +41,27 @@ def test_wheel_contains_fused_mup_kernels_and_no_top_level_kernels(tmp_path):
     top_level = {n.split("/")[0] for n in names}
     assert "kernels" not in top_level, sorted(top_level)
     assert {"fused_mup"} <= top_level
+
+    # Installed from the wheel (ahead of the editable install on sys.path), it imports.
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]
+        + [str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import importlib.util, fused_mup.kernels as k;"
+        "assert importlib.util.find_spec('kernels') is None;"
+        "print(k.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(str(target)), out.stdout
