@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,23 @@ def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
         )
 
 
+class _StateDict(defaultdict):
+    """``optimizer.state`` that counts assignments, so a step can tell in O(1) whether any
+    param's state dict was replaced (ZeroRedundancyOptimizer and DCP assign them directly)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.version = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+
 class _Unsupported:
     """Stands in for a process group where a fused grad norm would be wrong."""
 
@@ -125,7 +143,10 @@ class _Plan:
     sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
     # Per param, the state dict the slots point into. ZeroRedundancyOptimizer.load_state_dict
     # assigns opt.state[p] = {...} without going through load_state_dict: that is a rebuild.
-    states: list[dict | None] | None = None
+    state_version: tuple[int, int] = (0, -1)  # id and version of optimizer.state when built
+    has_dtensor: bool = False
+    grad_copy_any: bool = False
+    grads_moved: bool = True  # grad addresses changed since the tables were last written
 
 
 class AdamW(torch.optim.Optimizer):
@@ -227,6 +248,7 @@ class AdamW(torch.optim.Optimizer):
         self._device_tables: dict[torch.device, torch.Tensor] = {}
         self._amp_defaults: dict[torch.device, tuple[Tensor, Tensor]] = {}
         super().__init__(params, defaults)
+        self.state = _StateDict(dict, self.state)
         # GradScaler hands us grad_scale / found_inf instead of unscaling and checking itself
         # through separate passes (torch's fused optimizers do the same).
         self._step_supports_amp_scaling = True
@@ -241,6 +263,7 @@ class AdamW(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.state = _StateDict(dict, self.state)
         for group in self.param_groups:
             for key, value in _EXTRA_GROUP_KEYS.items():
                 group.setdefault(key, value)
@@ -483,18 +506,24 @@ class AdamW(torch.optim.Optimizer):
         return grad_scaler._scale, state
 
     def _point_buckets_at_grads(self, plan: _Plan, grads: list[Tensor | None]) -> list[Tensor]:
-        """Writes this step's grad addresses into the tables; returns grad copies to keep alive
-        until the launches are enqueued."""
+        """Writes this step's grad addresses into the tables if grads moved; returns grad
+        copies to keep alive until the launches are enqueued."""
+        if not plan.grads_moved and not plan.grad_copy_any:
+            return []
         refs = []
         for bucket, flat_indices in plan.buckets:
-            addresses = []
-            for i in flat_indices:
-                g = grads[i]
-                if plan.grad_copies.get(i):
-                    g = self._grad_like_param(i, g)
-                    refs.append(g)
-                addresses.append(_local(g).data_ptr())
+            if plan.grad_copy_any:
+                addresses = []
+                for i in flat_indices:
+                    g = grads[i]
+                    if plan.grad_copies.get(i):
+                        g = self._grad_like_param(i, g)
+                        refs.append(g)
+                    addresses.append(_local(g).data_ptr())
+            else:
+                addresses = [plan.grad_addresses[i] for i in flat_indices]
             launcher.update_grad_addresses(bucket, addresses)
+        plan.grads_moved = False
         return refs
 
     # ---- per-step host work, kept small -------------------------------------------------------
@@ -606,37 +635,48 @@ class AdamW(torch.optim.Optimizer):
         raise IndexError(flat_index)
 
     def _current_plan(self, grads: list[Tensor | None]) -> _Plan:
-        """The cached plan, or a new one if params, grads or states moved. Costs three lists
-        per step."""
+        """The cached plan, or a new one if params or states moved.
+
+        Per step this costs two lists of data pointers and an O(1) check of the state dict;
+        only grads that moved to new tensors are looked at further.
+        """
         params = [p for group in self.param_groups for p in group["params"]]
+        plan = self._plan
         try:
-            param_addresses = [
-                _local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
-            ]
-            grad_addresses = [_local(g).data_ptr() if g is not None else -1 for g in grads]
+            if plan is None or plan.has_dtensor:
+                grad_addresses = [_local(g).data_ptr() if g is not None else -1 for g in grads]
+                param_addresses = [
+                    _local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
+                ]
+            else:  # the common case, without a function call per tensor
+                grad_addresses = [g.data_ptr() if g is not None else -1 for g in grads]
+                param_addresses = [
+                    p.data_ptr() if g is not None else -1 for p, g in zip(params, grads)
+                ]
         except RuntimeError:  # e.g. a sparse grad has no data pointer; the full check says so
             param_addresses, grad_addresses = [], []
-        plan = self._plan
-        switches = self._switches()
-        states = [self.state.get(p) for p in params]  # .get: never creates state
         if (
             plan is not None
             and param_addresses == plan.param_addresses
-            and switches == plan.switches
-            and all(a is b for a, b in zip(states, plan.states))
+            and (id(self.state), getattr(self.state, "version", -2)) == plan.state_version
+            and self._switches() == plan.switches
         ):
             if grad_addresses != plan.grad_addresses:
                 # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
                 self._refuse_during_capture("grads moved to new tensors")
-                for i in range(len(grads)):
-                    if grad_addresses[i] != plan.grad_addresses[i] and grads[i] is not None:
+                for i, (new, old) in enumerate(zip(grad_addresses, plan.grad_addresses)):
+                    if new != old and grads[i] is not None and i in plan.grad_copies:
                         g, p = _local(grads[i]), _local(params[i])
                         plan.grad_copies[i] = g.stride() != p.stride()
+                plan.grad_copy_any = any(plan.grad_copies.values())
                 plan.grad_addresses = grad_addresses
+                plan.grads_moved = True
             return plan
         self._refuse_during_capture("the set of params, or where they live, changed")
+        if not isinstance(self.state, _StateDict):  # replaced by a caller: keep counting
+            self.state = _StateDict(dict, self.state)
         self._plan = self._build_plan(params, grads)
-        self._plan.states = [self.state.get(p) for p in params]  # as _build_plan left them
+        self._plan.state_version = (id(self.state), self.state.version)
         return self._plan
 
     def _refuse_during_capture(self, what: str) -> None:
@@ -851,5 +891,7 @@ class AdamW(torch.optim.Optimizer):
             devices=sorted({b.key.device for b, _ in buckets}, key=str),
             switches=self._switches(),
             sharded=self._shard_group(entries),
+            has_dtensor=DTensor is not None and any(isinstance(e[3], DTensor) for e in entries),
+            grad_copy_any=any(grad_copies.values()),
             grad_copies=grad_copies,
         )
