@@ -401,3 +401,27 @@ def test_params_on_two_devices_are_grouped_by_device():
     assert_close(a, ra, FP32, "cpu param")
     assert_close(b, rb, FP32, "cuda param")
     assert opt.state[b]["step"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_state_dict_assigned_per_param_is_picked_up(device):
+    """ZeroRedundancyOptimizer and DCP assign ``opt.state[p] = {...}`` directly."""
+    a = torch.randn(40, device=device, requires_grad=True)
+    opt = ours([a], device, lr=1e-2)
+    ref = torch.optim.AdamW([a.detach().clone().requires_grad_()], lr=1e-2)
+    r = ref.param_groups[0]["params"][0]
+    for _ in range(2):
+        g = torch.randn(40, device=device)
+        a.grad, r.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    old = opt.state[a]
+    opt.state[a] = {k: v.clone() for k, v in old.items()}
+    for v in old.values():
+        v.fill_(float("nan"))  # poison: a step through the old tables would show
+    g = torch.randn(40, device=device)
+    a.grad, r.grad = g.clone(), g.clone()
+    opt.step()
+    ref.step()
+    assert_close(a, r, FP32, "after replacing the state dict")
+    assert opt.state[a]["step"].item() == 3
