@@ -137,7 +137,6 @@ class _Plan:
     grad_addresses: list[int]
     buckets: list[tuple[Bucket, list[int]]]  # bucket and the flat param indices of its slots
     plain: list[tuple[int, int, int]]  # (flat index, group index, param index) on the torch path
-    devices: list[torch.device]
     switches: list[tuple]  # per group: the keys that pick a bucket (compile-time switches)
     grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
     sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
@@ -888,7 +887,6 @@ class AdamW(torch.optim.Optimizer):
             grad_addresses=[_local(g).data_ptr() if g is not None else -1 for g in grads],
             buckets=buckets,
             plain=plain,
-            devices=sorted({b.key.device for b, _ in buckets}, key=str),
             switches=self._switches(),
             sharded=self._shard_group(entries),
             has_dtensor=DTensor is not None and any(isinstance(e[3], DTensor) for e in entries),
