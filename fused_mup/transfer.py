@@ -447,8 +447,16 @@ def make_report(
 # CLI
 
 
+def _float(x: str) -> float:
+    # "1e-3" or "2**-10" (no eval of user input)
+    if "**" in x:
+        base, exp = x.split("**", 1)
+        return float(base) ** float(exp)
+    return float(x)
+
+
 def _floats(s: str) -> tuple[float, ...]:
-    return tuple(float(eval(x, {"__builtins__": {}}, {})) for x in s.split(",") if x.strip())
+    return tuple(_float(x.strip()) for x in s.split(",") if x.strip())
 
 
 def _ints(s: str) -> tuple[int, ...]:

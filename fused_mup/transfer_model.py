@@ -206,11 +206,8 @@ def count_params(width: int, depth: int, context: int, embeddings: bool = False)
 
 
 def build_model_and_groups(cfg: RunConfig) -> tuple[TinyGPT, list[dict[str, Any]]]:
-    """Build the model for ``cfg.preset`` and its optimizer parameter groups.
-
-    Uses ``fused_mup.presets`` (``mup_model_kwargs``/``init_model``-style helpers are looked up
-    by name) when available, otherwise the in-file stand-in of the same math.
-    """
+    """Build the model for ``cfg.preset`` (model-side changes and init included) and its
+    parameter groups; see :mod:`fused_mup.transfer_params`."""
     from fused_mup import transfer_params
 
     return transfer_params.build(cfg)
@@ -329,9 +326,9 @@ def train_run(cfg: RunConfig, threads: int | None = 1) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model, groups = build_model_and_groups(cfg)
     model.to(cfg.device)  # in place, so the groups still hold the model's parameters
-    from fused_mup import transfer_params
+    from fused_mup.transfer_params import make_optimizer
 
-    opt = transfer_params.make_optimizer(cfg, groups)
+    opt = make_optimizer(cfg, groups)
     base_lrs = [g["lr"] for g in opt.param_groups]
     init_loss = evaluate(model, corpus, cfg)
     gen = torch.Generator().manual_seed(10_000 + cfg.seed)

@@ -224,6 +224,18 @@ def test_end_to_end_cli(tmp_path):
     assert main(["--report-only", "--out", str(tmp_path), "--no-plots"]) == 0
 
 
+def test_cli_parsing():
+    a = transfer.build_parser().parse_args(
+        ["--quick", "--lrs", "2**-10,1e-3", "--tokens-per-param", "2", "--weight-decay", "0.1"]
+    )
+    spec = transfer.spec_from_args(a)
+    assert spec.lrs == (2.0**-10, 1e-3) and spec.name == "quick"
+    assert spec.tokens is None and spec.steps_for(64) > spec.steps_for(32)
+    assert spec.weight_decay == 0.1
+    with pytest.raises(SystemExit):
+        transfer.spec_from_args(transfer.build_parser().parse_args(["--presets", "nope"]))
+
+
 @pytest.mark.slow
 def test_process_pool(tmp_path):
     recs = run_sweep(tiny_spec(), tmp_path, jobs=2, progress=False)
