@@ -106,7 +106,9 @@ class _Structure:
         linears = [m for _, m in mods if isinstance(m, nn.Linear)]
         readouts = [m for m in linears if _is_mureadout(m)]
         if not readouts:
-            readouts = [m for m in linears if m.out_features in vocab]
+            # The last Linear onto the vocab: when the width equals the vocab size (a byte-level
+            # model at d = 256), hidden d x d Linears match it too, and the head comes last.
+            readouts = [m for m in linears if m.out_features in vocab][-1:]
         inputs: list[nn.Module] = []
         if not embs and linears:
             # No embedding table (e.g. a plain MLP): first Linear reads the input, last

@@ -611,3 +611,18 @@ def test_fused_adamw_plain_groups_match_torch_baked(mode: str) -> None:
             sched.step()
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_width_equal_to_vocab_still_finds_the_head_by_type():
+    """Byte-level model at d = 256 = vocab: hidden d x d Linears also map onto 256 outputs."""
+
+    class ByteLM(nn.Module):
+        def __init__(self, d=256, vocab=256):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(256, d)
+            self.q, self.down = nn.Linear(d, d), nn.Linear(4 * d, d)
+            self.head = nn.Linear(d, vocab, bias=False)
+
+    roles = {k: v.role for k, v in fused_mup.param_roles(ByteLM(), width_mult=4.0).items()}
+    assert roles["head.weight"] == "readout"
+    assert roles["q.weight"] == roles["down.weight"] == "hidden"
