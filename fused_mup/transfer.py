@@ -492,7 +492,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="train on this file's bytes instead of the stdlib sources")
     p.add_argument("--max-bytes", type=int, help="corpus cap")
     p.add_argument("--device", help="cpu, cuda, cuda:1, auto")
-    p.add_argument("--impl", choices=("auto", "fused_mup", "standin"))
     p.add_argument("--jobs", type=int, help="worker processes (default: cores; 4 on cuda)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates")
     p.add_argument("--report-only", action="store_true", help="recompute report, no training")
@@ -506,7 +505,7 @@ def spec_from_args(a: argparse.Namespace) -> SweepSpec:
     kw: dict[str, Any] = {}
     for name in (
         "presets widths lrs seeds depth heads context batch base_width weight_decay "
-        "weight_decay_mode text max_bytes device impl"
+        "weight_decay_mode text max_bytes device"
     ).split():
         v = getattr(a, name)
         if v is not None:

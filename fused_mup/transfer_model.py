@@ -160,7 +160,6 @@ class TinyGPT(nn.Module):
         heads: attention heads (fixed across widths, so d_head grows with d).
         context: maximum sequence length.
         attn_scale: softmax temperature; ``None`` means 1/sqrt(d_head) (SP).
-        readout_mult: multiplier on the logits (muP uses 1/width_mult).
     """
 
     def __init__(
@@ -170,13 +169,11 @@ class TinyGPT(nn.Module):
         heads: int,
         context: int,
         attn_scale: float | None = None,
-        readout_mult: float = 1.0,
     ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} not divisible by heads {heads}")
         self.width, self.depth, self.heads, self.context = width, depth, heads, context
-        self.readout_mult = readout_mult
         scale = attn_scale if attn_scale is not None else 1.0 / math.sqrt(width // heads)
         self.tok_emb = nn.Embedding(VOCAB, width)
         self.pos_emb = nn.Embedding(context, width)
@@ -189,7 +186,7 @@ class TinyGPT(nn.Module):
         x = self.tok_emb(idx) + self.pos_emb(pos)
         for blk in self.blocks:
             x = blk(x)
-        return self.readout(self.ln_f(x)) * self.readout_mult
+        return self.readout(self.ln_f(x))
 
 
 def count_params(width: int, depth: int, context: int, embeddings: bool = False) -> int:
@@ -239,7 +236,7 @@ class RunConfig:
         data: corpus fingerprint.
         text: user corpus path or None for the stdlib default.
         max_bytes: corpus cap.
-        impl: "fused_mup" (fused_mup.AdamW + fused_mup.param_groups) or "standin"
+        impl: always "fused_mup" (fused_mup.AdamW + fused_mup.param_groups); kept in the key
             (torch.optim.AdamW + the in-repo stand-in of the presets).
         device: torch device the run trains on ("cpu", "cuda", ...).
     """

@@ -151,7 +151,6 @@ def tiny_spec(**kw) -> SweepSpec:
         eval_batches=2,
         max_bytes=300_000,
         device="cpu",
-        impl="standin",
         name="tiny",
     )
     base.update(kw)
