@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,10 @@ __all__ = [
 
 # fp64 columns of the group table, in kernel order: lr, decay, beta1, beta2, eps.
 GROUP_TABLE_COLS = 5
+# Byte alignment under which the kernel may use 16-byte vector accesses (its ALIGNED switch).
+ALIGNMENT = 16
+# Set if a Triton build cannot compile the alignment hints: later launches go without them.
+_ALIGNED_HINTS_FAILED = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class Bucket:
     n_programs: int
     partials: torch.Tensor  # fp32 [n_programs], scratch of the grad-norm kernel
     norm_done_count: torch.Tensor  # int32 [1]
+    states_aligned: bool  # every param / state address is 16-byte aligned
+    grads_aligned: bool
     grad_addresses: list[int] = field(default_factory=list)
 
 
@@ -162,6 +169,7 @@ def build_bucket(
         )
         chunks.extend((i, c * config.chunk_size) for c in range(n_chunks))
     chunk_host = torch.tensor(chunks, dtype=torch.int64).reshape(-1, CHUNK_COLS)
+    addresses = table[:, [0, 2, 3, 4, 6]]
     return Bucket(
         key=key,
         slots=slots,
@@ -172,6 +180,8 @@ def build_bucket(
         n_programs=len(chunks),
         partials=torch.empty(len(chunks), dtype=torch.float32, device=key.device),
         norm_done_count=torch.zeros(1, dtype=torch.int32, device=key.device),
+        states_aligned=bool((addresses % ALIGNMENT == 0).all()),
+        grads_aligned=all(a % ALIGNMENT == 0 for a in grad_addresses),
         grad_addresses=list(grad_addresses),
     )
 
@@ -183,6 +193,7 @@ def update_grad_addresses(bucket: Bucket, grad_addresses: list[int]) -> None:
     bucket.tensor_table_host[:, 1] = torch.tensor(grad_addresses, dtype=torch.int64)
     _upload(bucket.tensor_table_host, bucket.key.device, out=bucket.tensor_table)
     bucket.grad_addresses = list(grad_addresses)
+    bucket.grads_aligned = all(a % ALIGNMENT == 0 for a in grad_addresses)
 
 
 def group_table(values: list[float], device: torch.device, out: torch.Tensor | None):
@@ -219,10 +230,13 @@ def launch(
         return
     from fused_mup.kernels import adamw_kernel
 
+    global _ALIGNED_HINTS_FAILED
     key = bucket.key
     if clip is None:
         clip = no_clip(key.device)
-    with _device_guard(key.device):
+    aligned = bucket.states_aligned and bucket.grads_aligned and not _ALIGNED_HINTS_FAILED
+
+    def run(aligned: bool) -> None:
         adamw_kernel[(bucket.n_programs,)](
             bucket.tensor_table,
             bucket.chunk_table,
@@ -238,9 +252,30 @@ def launch(
             AMSGRAD=key.amsgrad,
             MAXIMIZE=key.maximize,
             UPDATE=key.update,
+            ALIGNED=aligned,
             BLOCK=config.block,
             num_warps=config.num_warps,
         )
+
+    with _device_guard(key.device):
+        if not aligned:
+            run(False)
+            return
+        try:
+            run(True)
+        except Exception as error:  # noqa: BLE001 - compile errors only happen before launch
+            if key.device.type != "cuda":  # the interpreter compiles nothing: a real error
+                raise
+            # The hints are an optimization; a Triton that cannot compile them still gets a
+            # correct (scalar-access) kernel.
+            _ALIGNED_HINTS_FAILED = True
+            warnings.warn(
+                f"fused_mup: the aligned AdamW kernel failed to compile ({error!r}); "
+                "using the unaligned one",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            run(False)
 
 
 _NO_CLIP: dict[torch.device, torch.Tensor] = {}

@@ -76,6 +76,108 @@ def _round_to_bf16_stochastic(x, seed, offsets):
 
 
 @triton.jit
+def _address(table_entry, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """An address from a table, as a pointer; ALIGNED tells the compiler it is 16-byte aligned
+    (the launcher checked), which lets it use 16-byte vector loads and stores."""
+    if ALIGNED:
+        table_entry = tl.multiple_of(table_entry, 16)
+    return table_entry.to(tl.pointer_type(DTYPE))
+
+
+@triton.jit
+def _load(ptr, offsets, mask, MASKED: tl.constexpr):
+    if MASKED:
+        return tl.load(ptr + offsets, mask=mask)
+    else:
+        return tl.load(ptr + offsets)
+
+
+@triton.jit
+def _store(ptr, offsets, value, mask, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(ptr + offsets, value, mask=mask)
+    else:
+        tl.store(ptr + offsets, value)
+
+
+@triton.jit
+def _update_block(
+    param_ptr,
+    grad_ptr,
+    exp_avg_ptr,
+    exp_avg_sq_ptr,
+    max_exp_avg_sq_ptr,
+    aux_ptr,
+    offsets,
+    mask,
+    inv_scale,
+    clip_coef,
+    keep,
+    weight1,
+    beta2,
+    weight2,
+    eps,
+    bias_correction2_sqrt,
+    neg_step_size,
+    rng_seed,
+    PARAM_DTYPE: tl.constexpr,
+    STATE_DTYPE: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    UPDATE: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    # Math in fp32 whatever the storage dtype; cast only at the store.
+    if UPDATE == UPDATE_MASTER:
+        param = _load(aux_ptr, offsets, mask, MASKED)
+    else:
+        param = _load(param_ptr, offsets, mask, MASKED).to(tl.float32)
+    # Unscale, then clip: torch's order of roundings.
+    grad = _load(grad_ptr, offsets, mask, MASKED).to(tl.float32) * inv_scale
+    grad = grad * clip_coef
+    if MAXIMIZE:
+        grad = -grad
+    exp_avg = _load(exp_avg_ptr, offsets, mask, MASKED).to(tl.float32)
+    exp_avg_sq = _load(exp_avg_sq_ptr, offsets, mask, MASKED).to(tl.float32)
+
+    new_param = param * keep
+    # torch's lerp, which switches form at weight 0.5 to stay exact at both ends.
+    if weight1 < 0.5:
+        exp_avg = exp_avg + weight1 * (grad - exp_avg)
+    else:
+        exp_avg = grad - (grad - exp_avg) * (1.0 - weight1)
+    exp_avg_sq = exp_avg_sq * beta2 + weight2 * grad * grad
+    # IEEE sqrt and division (Triton defaults to approximate ones) keep fp32 within rounding
+    # of torch's result.
+    if AMSGRAD:
+        max_exp_avg_sq = _load(max_exp_avg_sq_ptr, offsets, mask, MASKED).to(tl.float32)
+        max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq)
+        denom = tl.div_rn(tl.sqrt_rn(max_exp_avg_sq), bias_correction2_sqrt) + eps
+        _store(max_exp_avg_sq_ptr, offsets, _round_to(max_exp_avg_sq, STATE_DTYPE), mask, MASKED)
+    else:
+        denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
+    new_param = new_param + tl.div_rn(neg_step_size * exp_avg, denom)
+
+    if UPDATE == UPDATE_KAHAN:
+        # Add back what earlier roundings lost, and keep what this one loses.
+        compensation = _load(aux_ptr, offsets, mask, MASKED).to(tl.float32)
+        wanted = (new_param - param) + compensation
+        stored = _round_to(param + wanted, PARAM_DTYPE)
+        lost = wanted - (stored.to(tl.float32) - param)
+        _store(aux_ptr, offsets, _round_to(lost, PARAM_DTYPE), mask, MASKED)
+    elif UPDATE == UPDATE_STOCHASTIC:
+        stored = _round_to_bf16_stochastic(new_param, rng_seed, offsets)
+    elif UPDATE == UPDATE_MASTER:
+        _store(aux_ptr, offsets, new_param, mask, MASKED)
+        stored = _round_to(new_param, PARAM_DTYPE)
+    else:
+        stored = _round_to(new_param, PARAM_DTYPE)
+    _store(param_ptr, offsets, stored, mask, MASKED)
+    _store(exp_avg_ptr, offsets, _round_to(exp_avg, STATE_DTYPE), mask, MASKED)
+    _store(exp_avg_sq_ptr, offsets, _round_to(exp_avg_sq, STATE_DTYPE), mask, MASKED)
+
+
+@triton.jit
 def adamw_kernel(
     tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS]
     chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
@@ -91,19 +193,22 @@ def adamw_kernel(
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     UPDATE: tl.constexpr,
+    ALIGNED: tl.constexpr,  # every address is 16-byte aligned: vector loads and stores
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chunk_row = chunk_table_ptr + pid * CHUNK_COLS
     tensor_idx = tl.load(chunk_row)
-    start = tl.load(chunk_row + 1)  # int64, so tensors past 2**31 elements index correctly
+    # int64, so tensors past 2**31 elements index correctly. Chunks start at multiples of
+    # BLOCK (the launcher's chunk table), which the compiler carries into the loop below.
+    start = tl.multiple_of(tl.load(chunk_row + 1), BLOCK)
 
     row = tensor_table_ptr + tensor_idx * TENSOR_COLS
-    param_ptr = tl.load(row).to(tl.pointer_type(PARAM_DTYPE))
-    grad_ptr = tl.load(row + 1).to(tl.pointer_type(PARAM_DTYPE))
-    exp_avg_ptr = tl.load(row + 2).to(tl.pointer_type(STATE_DTYPE))
-    exp_avg_sq_ptr = tl.load(row + 3).to(tl.pointer_type(STATE_DTYPE))
-    max_exp_avg_sq_ptr = tl.load(row + 4).to(tl.pointer_type(STATE_DTYPE))
+    param_ptr = _address(tl.load(row), PARAM_DTYPE, ALIGNED)
+    grad_ptr = _address(tl.load(row + 1), PARAM_DTYPE, ALIGNED)
+    exp_avg_ptr = _address(tl.load(row + 2), STATE_DTYPE, ALIGNED)
+    exp_avg_sq_ptr = _address(tl.load(row + 3), STATE_DTYPE, ALIGNED)
+    max_exp_avg_sq_ptr = _address(tl.load(row + 4), STATE_DTYPE, ALIGNED)
     step_ptr = tl.load(row + 5).to(tl.pointer_type(tl.float32))
     numel = tl.load(row + 7)
     group_idx = tl.load(row + 8)
@@ -137,69 +242,36 @@ def adamw_kernel(
     beta2_f = beta2.to(tl.float32)
     weight2 = (1.0 - beta2).to(tl.float32)
     if UPDATE == UPDATE_MASTER:
-        aux_ptr = tl.load(row + 6).to(tl.pointer_type(tl.float32))
+        aux_ptr = _address(tl.load(row + 6), tl.float32, ALIGNED)
     else:
-        aux_ptr = tl.load(row + 6).to(tl.pointer_type(PARAM_DTYPE))
+        aux_ptr = _address(tl.load(row + 6), PARAM_DTYPE, ALIGNED)
     rng_seed = seed + step_int.to(tl.int64) * 1_000_003 + tensor_idx * 7_919
 
     # On an inf step the range is empty: nothing is read or written.
     end = tl.where(update, tl.minimum(start + chunk_size, numel), start)
+    # Whole blocks without a mask (a mask of unknown alignment would stop vectorization), then
+    # one masked tail.
+    full_end = start + (end - start) // BLOCK * BLOCK
+    block_start = start
     # A while loop, not range(): the interpreter cannot take range bounds from loaded scalars
     # under numpy >= 2.4.
-    block_start = start
-    while block_start < end:
+    while block_start < full_end:
         offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
+        _update_block(
+            param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
+            offsets, offsets < end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
+            bias_correction2_sqrt, neg_step_size, rng_seed,
+            PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, False,
+        )  # fmt: skip
         block_start += BLOCK
-        mask = offsets < end
-        # Math in fp32 whatever the storage dtype; cast only at the store.
-        if UPDATE == UPDATE_MASTER:
-            param = tl.load(aux_ptr + offsets, mask=mask)
-        else:
-            param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-        grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32) * inv_scale
-        grad = grad * clip_coef
-        if MAXIMIZE:
-            grad = -grad
-        exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
-        exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
-
-        new_param = param * keep
-        # torch's lerp, which switches form at weight 0.5 to stay exact at both ends.
-        if weight1 < 0.5:
-            exp_avg = exp_avg + weight1 * (grad - exp_avg)
-        else:
-            exp_avg = grad - (grad - exp_avg) * (1.0 - weight1)
-        exp_avg_sq = exp_avg_sq * beta2_f + weight2 * grad * grad
-        # IEEE sqrt and division (Triton defaults to approximate ones) keep fp32 within
-        # rounding of torch's result.
-        if AMSGRAD:
-            max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
-            max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq)
-            denom = tl.div_rn(tl.sqrt_rn(max_exp_avg_sq), bias_correction2_sqrt) + eps
-            tl.store(
-                max_exp_avg_sq_ptr + offsets, _round_to(max_exp_avg_sq, STATE_DTYPE), mask=mask
-            )
-        else:
-            denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
-        new_param = new_param + tl.div_rn(neg_step_size * exp_avg, denom)
-
-        if UPDATE == UPDATE_KAHAN:
-            # Add back what earlier roundings lost, and keep what this one loses.
-            compensation = tl.load(aux_ptr + offsets, mask=mask).to(tl.float32)
-            wanted = (new_param - param) + compensation
-            stored = _round_to(param + wanted, PARAM_DTYPE)
-            lost = wanted - (stored.to(tl.float32) - param)
-            tl.store(aux_ptr + offsets, _round_to(lost, PARAM_DTYPE), mask=mask)
-        elif UPDATE == UPDATE_STOCHASTIC:
-            stored = _round_to_bf16_stochastic(new_param, rng_seed, offsets)
-        elif UPDATE == UPDATE_MASTER:
-            tl.store(aux_ptr + offsets, new_param, mask=mask)
-            stored = _round_to(new_param, PARAM_DTYPE)
-        else:
-            stored = _round_to(new_param, PARAM_DTYPE)
-        tl.store(param_ptr + offsets, stored, mask=mask)
-        tl.store(exp_avg_ptr + offsets, _round_to(exp_avg, STATE_DTYPE), mask=mask)
-        tl.store(exp_avg_sq_ptr + offsets, _round_to(exp_avg_sq, STATE_DTYPE), mask=mask)
+    if full_end < end:
+        offsets = full_end + tl.arange(0, BLOCK).to(tl.int64)
+        _update_block(
+            param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
+            offsets, offsets < end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
+            bias_correction2_sqrt, neg_step_size, rng_seed,
+            PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, True,
+        )  # fmt: skip
 
     # Every program of a tensor reads the old step above; the last one to finish writes the new
     # one, so a single launch needs no second pass and no host round trip.

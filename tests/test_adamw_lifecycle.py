@@ -361,6 +361,8 @@ def test_no_write_outside_params(device):
         for p in params:
             p.grad = torch.randn_like(p)
         opt.step()
+    # 12-byte offsets: the unaligned kernel variant ran (the others run the aligned one).
+    assert not opt._plan.buckets[0][0].states_aligned
     mask = torch.ones_like(buffer, dtype=torch.bool)
     offset = 3
     for n in sizes:

@@ -48,7 +48,7 @@ def test_element_offsets_past_2_to_the_31_are_int64(device):
     """A tensor's elements past 2**31, without allocating 8 GiB: the table points each tensor
     2**31 elements *before* its storage and its chunk starts at element 2**31. int32 offsets
     would wrap negative and address memory 8 GiB away."""
-    offset = 2**31 + 3
+    offset = 2**31 + 64  # keeps chunk starts at multiples of BLOCK and addresses aligned
     config = KernelConfig(block=32, chunk_size=128)
     slot = _slot(100, device)
     grad = torch.randn(100, device=device)
