@@ -38,6 +38,15 @@ UPDATE_KAHAN = 1  # aux = compensation buffer in the param dtype
 UPDATE_STOCHASTIC = 2  # bf16 only: unbiased stochastic rounding, counter-based RNG
 UPDATE_MASTER = 3  # aux = fp32 master weights; the param is their rounded copy
 
+# The same values as compile-time constants: jit code may read only constexpr globals (the
+# interpreter accepts plain ints, a real compile does not).
+_TENSOR_COLS = tl.constexpr(TENSOR_COLS)
+_CHUNK_COLS = tl.constexpr(CHUNK_COLS)
+_GROUP_COLS = tl.constexpr(GROUP_COLS)
+_UPDATE_KAHAN = tl.constexpr(UPDATE_KAHAN)
+_UPDATE_STOCHASTIC = tl.constexpr(UPDATE_STOCHASTIC)
+_UPDATE_MASTER = tl.constexpr(UPDATE_MASTER)
+
 
 @triton.jit
 def _pow_by_squaring(base, exponent):
@@ -79,9 +88,12 @@ def _round_to_bf16_stochastic(x, seed, offsets):
 def _address(table_entry, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     """An address from a table, as a pointer; ALIGNED tells the compiler it is 16-byte aligned
     (the launcher checked), which lets it use 16-byte vector loads and stores."""
+    ptr = table_entry.to(tl.pointer_type(DTYPE))
     if ALIGNED:
-        table_entry = tl.multiple_of(table_entry, 16)
-    return table_entry.to(tl.pointer_type(DTYPE))
+        # On the pointer, not the integer: the compiler's alignment analysis does not see
+        # through the int-to-pointer cast (checked in the sm_90 PTX: v4 accesses only so).
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
 
 
 @triton.jit
@@ -128,7 +140,7 @@ def _update_block(
     MASKED: tl.constexpr,
 ):
     # Math in fp32 whatever the storage dtype; cast only at the store.
-    if UPDATE == UPDATE_MASTER:
+    if UPDATE == _UPDATE_MASTER:
         param = _load(aux_ptr, offsets, mask, MASKED)
     else:
         param = _load(param_ptr, offsets, mask, MASKED).to(tl.float32)
@@ -158,16 +170,16 @@ def _update_block(
         denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
     new_param = new_param + tl.div_rn(neg_step_size * exp_avg, denom)
 
-    if UPDATE == UPDATE_KAHAN:
+    if UPDATE == _UPDATE_KAHAN:
         # Add back what earlier roundings lost, and keep what this one loses.
         compensation = _load(aux_ptr, offsets, mask, MASKED).to(tl.float32)
         wanted = (new_param - param) + compensation
         stored = _round_to(param + wanted, PARAM_DTYPE)
         lost = wanted - (stored.to(tl.float32) - param)
         _store(aux_ptr, offsets, _round_to(lost, PARAM_DTYPE), mask, MASKED)
-    elif UPDATE == UPDATE_STOCHASTIC:
+    elif UPDATE == _UPDATE_STOCHASTIC:
         stored = _round_to_bf16_stochastic(new_param, rng_seed, offsets)
-    elif UPDATE == UPDATE_MASTER:
+    elif UPDATE == _UPDATE_MASTER:
         _store(aux_ptr, offsets, new_param, mask, MASKED)
         stored = _round_to(new_param, PARAM_DTYPE)
     else:
@@ -179,9 +191,9 @@ def _update_block(
 
 @triton.jit
 def adamw_kernel(
-    tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS]
-    chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
-    group_table_ptr,  # fp64 [n_groups, GROUP_COLS]
+    tensor_table_ptr,  # int64 [n_tensors, _TENSOR_COLS]
+    chunk_table_ptr,  # int64 [n_programs, _CHUNK_COLS]
+    group_table_ptr,  # fp64 [n_groups, _GROUP_COLS]
     done_count_ptr,  # int32 [n_tensors], zero between launches
     grad_scale_ptr,  # fp32 scalar: GradScaler's scale, 1.0 without one
     found_inf_ptr,  # fp32 scalar: nonzero skips the whole step
@@ -197,13 +209,13 @@ def adamw_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    chunk_row = chunk_table_ptr + pid * CHUNK_COLS
+    chunk_row = chunk_table_ptr + pid * _CHUNK_COLS
     tensor_idx = tl.load(chunk_row)
     # int64, so tensors past 2**31 elements index correctly. Chunks start at multiples of
     # BLOCK (the launcher's chunk table), which the compiler carries into the loop below.
     start = tl.multiple_of(tl.load(chunk_row + 1), BLOCK)
 
-    row = tensor_table_ptr + tensor_idx * TENSOR_COLS
+    row = tensor_table_ptr + tensor_idx * _TENSOR_COLS
     param_ptr = _address(tl.load(row), PARAM_DTYPE, ALIGNED)
     grad_ptr = _address(tl.load(row + 1), PARAM_DTYPE, ALIGNED)
     exp_avg_ptr = _address(tl.load(row + 2), STATE_DTYPE, ALIGNED)
@@ -214,7 +226,7 @@ def adamw_kernel(
     group_idx = tl.load(row + 8)
     n_chunks = tl.load(row + 9)
 
-    group_row = group_table_ptr + group_idx * GROUP_COLS
+    group_row = group_table_ptr + group_idx * _GROUP_COLS
     lr = tl.load(group_row)
     decay = tl.load(group_row + 1)
     beta1 = tl.load(group_row + 2)
@@ -241,7 +253,7 @@ def adamw_kernel(
     weight1 = (1.0 - beta1).to(tl.float32)
     beta2_f = beta2.to(tl.float32)
     weight2 = (1.0 - beta2).to(tl.float32)
-    if UPDATE == UPDATE_MASTER:
+    if UPDATE == _UPDATE_MASTER:
         aux_ptr = _address(tl.load(row + 6), tl.float32, ALIGNED)
     else:
         aux_ptr = _address(tl.load(row + 6), PARAM_DTYPE, ALIGNED)

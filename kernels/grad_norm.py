@@ -8,7 +8,7 @@ flag into the clip buffer that the AdamW kernel reads.
 
 import triton
 import triton.language as tl
-from fused_mup.kernels.adamw import CHUNK_COLS, TENSOR_COLS
+from fused_mup.kernels.adamw import _CHUNK_COLS, _TENSOR_COLS
 
 __all__ = ["grad_sumsq_kernel"]
 
@@ -29,10 +29,10 @@ def grad_sumsq_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    chunk_row = chunk_table_ptr + pid * CHUNK_COLS
+    chunk_row = chunk_table_ptr + pid * _CHUNK_COLS
     tensor_idx = tl.load(chunk_row)
     start = tl.load(chunk_row + 1)
-    row = tensor_table_ptr + tensor_idx * TENSOR_COLS
+    row = tensor_table_ptr + tensor_idx * _TENSOR_COLS
     grad_ptr = tl.load(row + 1).to(tl.pointer_type(PARAM_DTYPE))
     numel = tl.load(row + 7)
     # Unscale before squaring so that a large loss scale cannot overflow the fp32 sum.
