@@ -284,7 +284,10 @@ _NO_CLIP: dict[torch.device, torch.Tensor] = {}
 def no_clip(device: torch.device) -> torch.Tensor:
     """The clip buffer that means "no clipping": norm 0, max_norm inf, coefficient 1."""
     if device not in _NO_CLIP:
-        _NO_CLIP[device] = torch.tensor([0.0, float("inf"), 0.0], device=device)
+        # Filled on the device: torch.tensor(..., device=cuda) would be a synchronizing copy.
+        buffer = torch.zeros(3, device=device)
+        buffer[1] = float("inf")
+        _NO_CLIP[device] = buffer
     return _NO_CLIP[device]
 
 

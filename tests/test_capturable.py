@@ -3,8 +3,6 @@ captured in a CUDA graph and replayed. On CPU the same code path runs without th
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from conftest import kernel_devices
