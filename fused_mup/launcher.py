@@ -144,7 +144,7 @@ def build_bucket(
     from fused_mup.kernels import CHUNK_COLS, TENSOR_COLS
 
     n = len(slots)
-    table = torch.zeros((n, TENSOR_COLS), dtype=torch.int64)
+    rows: list[list[int]] = []
     chunks: list[tuple[int, int]] = []
     for i, slot in enumerate(slots):
         numel = slot.param.numel()
@@ -152,7 +152,7 @@ def build_bucket(
         # counts it.
         n_chunks = max(1, math.ceil(numel / config.chunk_size))
         vmax, aux = slot.max_exp_avg_sq, slot.aux
-        table[i] = torch.tensor(
+        rows.append(
             [
                 slot.param.data_ptr(),
                 grad_addresses[i],
@@ -164,12 +164,13 @@ def build_bucket(
                 numel,
                 slot.group_index,
                 n_chunks,
-            ],
-            dtype=torch.int64,
+            ]
         )
         chunks.extend((i, c * config.chunk_size) for c in range(n_chunks))
+    table = torch.tensor(rows, dtype=torch.int64).reshape(n, TENSOR_COLS)
     chunk_host = torch.tensor(chunks, dtype=torch.int64).reshape(-1, CHUNK_COLS)
-    addresses = table[:, [0, 2, 3, 4, 6]]
+    # Python ints, not the table: reading a tensor here would be a host read per build.
+    states_aligned = all(row[c] % ALIGNMENT == 0 for row in rows for c in (0, 2, 3, 4, 6))
     return Bucket(
         key=key,
         slots=slots,
@@ -180,7 +181,7 @@ def build_bucket(
         n_programs=len(chunks),
         partials=torch.empty(len(chunks), dtype=torch.float32, device=key.device),
         norm_done_count=torch.zeros(1, dtype=torch.int32, device=key.device),
-        states_aligned=bool((addresses % ALIGNMENT == 0).all()),
+        states_aligned=states_aligned,
         grads_aligned=all(a % ALIGNMENT == 0 for a in grad_addresses),
         grad_addresses=list(grad_addresses),
     )
