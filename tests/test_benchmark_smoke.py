@@ -16,10 +16,6 @@ from fused_mup import benchmark as bm
 SMOKE_WORKLOADS = "gpt2-124m,llama-1b,many-small"
 
 
-def _fused_mup_ready() -> bool:
-    return bm._fused_mup_check(torch.device("cpu")) is None
-
-
 @pytest.mark.parametrize(
     ("param", "state", "amsgrad", "expected"),
     [
@@ -79,18 +75,22 @@ def test_smoke_run_writes_outputs(tmp_path, capsys) -> None:
     assert rows[("many-small", "torch_fused")]["bytes_per_param"] == 28
     assert rows[("llama-1b", "torch_fused")]["bytes_per_param"] == 14  # torch: bf16 states
 
-    if _fused_mup_ready():
-        assert rows[("many-small", "fused_mup")]["status"] == "ok"
-        assert rows[("llama-1b", "fused_mup")]["status"] == "ok"
-        assert rows[("llama-1b", "fused_mup")]["bytes_per_param"] == 22
-        assert rows[("llama-1b", "fused_mup:pstate")]["bytes_per_param"] == 14
+    assert rows[("many-small", "fused_mup")]["status"] == "ok"
+    assert rows[("llama-1b", "fused_mup")]["status"] == "ok"
+    assert rows[("llama-1b", "fused_mup")]["bytes_per_param"] == 22
+    assert rows[("llama-1b", "fused_mup:pstate")]["bytes_per_param"] == 14
+    # Each bf16 mode and the clipping variants with their byte counts (docs/optimizer.md).
+    assert rows[("llama-1b", "fused_mup:kahan")]["bytes_per_param"] == 26
+    assert rows[("llama-1b", "fused_mup:stochastic")]["bytes_per_param"] == 22
+    assert rows[("llama-1b", "fused_mup:master")]["bytes_per_param"] == 28
+    assert rows[("many-small", "fused_mup+clip")]["bytes_per_param"] == 32
+    assert rows[("many-small", "torch_fused+clip")]["bytes_per_param"] == 40
     assert all(t["met"] is None for t in res["targets"])  # not judged on CPU
 
     md = (out / "results.md").read_text()
     assert "| workload |" in md and "torch_fused" in md
 
 
-@pytest.mark.skipif(not _fused_mup_ready(), reason="fused_mup.AdamW not landed")
 def test_fused_mup_groups_do_the_same_math_as_torch() -> None:
     """lr_mult / wd_mult keys vs multipliers folded into torch's lr / weight_decay."""
     w = bm.workloads(smoke=True)["gpt2-124m"]
