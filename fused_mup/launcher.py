@@ -319,6 +319,7 @@ def launch_grad_sumsq(
             float(max_norm),
             int(accumulate),
             PARAM_DTYPE=_tl_dtype(bucket.key.param_dtype),
+            ALIGNED=bucket.grads_aligned and not _ALIGNED_HINTS_FAILED,
             BLOCK=config.block,
             num_warps=config.num_warps,
         )

@@ -8,7 +8,7 @@ flag into the clip buffer that the AdamW kernel reads.
 
 import triton
 import triton.language as tl
-from fused_mup.kernels.adamw import _CHUNK_COLS, _TENSOR_COLS
+from fused_mup.kernels.adamw import _CHUNK_COLS, _TENSOR_COLS, _address
 
 __all__ = ["grad_sumsq_kernel"]
 
@@ -26,24 +26,31 @@ def grad_sumsq_kernel(
     max_norm,
     accumulate,  # 1: add to clip_ptr[0] (a second dtype bucket), 0: overwrite
     PARAM_DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,  # every grad address is 16-byte aligned: vector loads
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chunk_row = chunk_table_ptr + pid * _CHUNK_COLS
     tensor_idx = tl.load(chunk_row)
-    start = tl.load(chunk_row + 1)
+    start = tl.multiple_of(tl.load(chunk_row + 1), BLOCK)  # chunks start at BLOCK multiples
     row = tensor_table_ptr + tensor_idx * _TENSOR_COLS
-    grad_ptr = tl.load(row + 1).to(tl.pointer_type(PARAM_DTYPE))
+    grad_ptr = _address(tl.load(row + 1), PARAM_DTYPE, ALIGNED)
     numel = tl.load(row + 7)
     # Unscale before squaring so that a large loss scale cannot overflow the fp32 sum.
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
 
     acc = tl.zeros((BLOCK,), tl.float32)
     end = tl.minimum(start + chunk_size, numel)
+    # Whole blocks unmasked (vector loads), then one masked tail, as in the AdamW kernel.
+    full_end = start + (end - start) // BLOCK * BLOCK
     block_start = start
-    while block_start < end:
+    while block_start < full_end:
         offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
         block_start += BLOCK
+        grad = tl.load(grad_ptr + offsets).to(tl.float32) * inv_scale
+        acc += grad * grad
+    if full_end < end:
+        offsets = full_end + tl.arange(0, BLOCK).to(tl.int64)
         grad = tl.load(grad_ptr + offsets, mask=offsets < end, other=0.0).to(tl.float32)
         grad = grad * inv_scale
         acc += grad * grad

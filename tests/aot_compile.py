@@ -81,9 +81,12 @@ def main() -> None:
             }
             key = f"adamw-{name}-amsgrad{int(amsgrad)}-update{update}-aligned{int(aligned)}"
             out[key] = compile_one(adamw_kernel, ADAMW_SIGNATURE, const, arch)
-    for name, p in (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16)):
-        const = {"PARAM_DTYPE": p, "BLOCK": 1024}
-        out[f"norm-{name}"] = compile_one(grad_sumsq_kernel, NORM_SIGNATURE, const, arch)
+    for (name, p), aligned in itertools.product(
+        (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16)), (False, True)
+    ):
+        const = {"PARAM_DTYPE": p, "ALIGNED": aligned, "BLOCK": 1024}
+        key = f"norm-{name}-aligned{int(aligned)}"
+        out[key] = compile_one(grad_sumsq_kernel, NORM_SIGNATURE, const, arch)
     print(json.dumps({k: dict(v) for k, v in out.items()}))
 
 

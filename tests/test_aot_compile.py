@@ -32,7 +32,7 @@ def ptx_counts(request):
 def test_every_variant_compiles(ptx_counts):
     # (fp32, fp16: 1 update mode; bf16, bf16 with fp32 states: 4) x AMSGrad x aligned = 40.
     assert len([k for k in ptx_counts if k.startswith("adamw-")]) == 40
-    assert len([k for k in ptx_counts if k.startswith("norm-")]) == 3
+    assert len([k for k in ptx_counts if k.startswith("norm-")]) == 6
 
 
 def test_aligned_fp32_kernel_uses_vector_accesses(ptx_counts):
@@ -42,3 +42,4 @@ def test_aligned_fp32_kernel_uses_vector_accesses(ptx_counts):
     assert aligned.get("ld.global.v4.b32", 0) >= 8, aligned
     assert aligned.get("st.global.v4.b32", 0) >= 6, aligned
     assert unaligned.get("ld.global.v4.b32", 0) == 0, unaligned
+    assert ptx_counts["norm-fp32-aligned1"].get("ld.global.v4.b32", 0) >= 2
