@@ -93,6 +93,8 @@ class Bucket:
     chunk_table: torch.Tensor  # int64 [n_programs, CHUNK_COLS]
     done_count: torch.Tensor  # int32 [n], scratch for the last-program-writes-step rule
     n_programs: int
+    # Keeps every storage the tables point at alive, even if a tensor's .data is swapped.
+    storages: list
     partials: torch.Tensor  # fp32 [n_programs], scratch of the grad-norm kernel
     norm_done_count: torch.Tensor  # int32 [1]
     states_aligned: bool  # every param / state address is 16-byte aligned
@@ -179,6 +181,19 @@ def build_bucket(
         chunk_table=_upload(chunk_host, key.device),
         done_count=torch.zeros(n, dtype=torch.int32, device=key.device),
         n_programs=len(chunks),
+        storages=[
+            t.untyped_storage()
+            for slot in slots
+            for t in (
+                slot.param,
+                slot.exp_avg,
+                slot.exp_avg_sq,
+                slot.max_exp_avg_sq,
+                slot.aux,
+                slot.step,
+            )
+            if t is not None
+        ],  # fmt: skip
         partials=torch.empty(len(chunks), dtype=torch.float32, device=key.device),
         norm_done_count=torch.zeros(1, dtype=torch.int32, device=key.device),
         states_aligned=states_aligned,

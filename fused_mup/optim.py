@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 from fused_mup import launcher
 from fused_mup.kernels import UPDATE_KAHAN, UPDATE_MASTER, UPDATE_ROUND, UPDATE_STOCHASTIC
 from fused_mup.launcher import Bucket, BucketKey, KernelConfig, TensorSlot
-from fused_mup.reference import adamw_step_, stochastic_generator
+from fused_mup.reference import adamw_step_
 
 try:  # DTensor params (FSDP2, tensor parallel): the kernel updates their local shards.
     from torch.distributed.tensor import DTensor
@@ -67,6 +68,13 @@ def _is_dense(t: Tensor) -> bool:
     return True
 
 
+def _peak_lr(group: dict[str, Any], lr: Any) -> Any:
+    """The LR that independent decay is relative to: OneCycleLR's ``max_lr`` (its
+    ``initial_lr`` is the warm-up start), else ``initial_lr`` (set by every torch scheduler),
+    else the current lr, so that without a scheduler the ratio is 1."""
+    return group.get("max_lr", group.get("initial_lr", lr))
+
+
 def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
     """torch's ValueErrors, with the group named when it is not the constructor's defaults."""
     lr, eps, betas, weight_decay = group["lr"], group["eps"], group["betas"], group["weight_decay"]
@@ -99,21 +107,78 @@ def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
         )
 
 
-class _StateDict(defaultdict):
-    """``optimizer.state`` that counts assignments, so a step can tell in O(1) whether any
-    param's state dict was replaced (ZeroRedundancyOptimizer and DCP assign them directly)."""
+class _ParamState(dict):
+    """One param's state. Any change to it counts on the optimizer's state, so a step can
+    tell in O(1) that a state tensor was replaced and its tables must be rebuilt."""
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, owner: _StateDict, *args: Any) -> None:
         super().__init__(*args)
+        self.owner = owner
+
+    def __reduce__(self):  # pickles and deep-copies as a plain dict
+        return dict, (dict(self),)
+
+
+def _counting(method_name: str):
+    method = getattr(dict, method_name)
+
+    def counted(self, *args, **kwargs):
+        self._touch()
+        return method(self, *args, **kwargs)
+
+    counted.__name__ = method_name
+    return counted
+
+
+for _name in ("__setitem__", "__delitem__", "clear", "pop", "popitem", "setdefault", "update"):
+    setattr(_ParamState, _name, _counting(_name))
+_ParamState._touch = lambda self: self.owner._touch()
+
+
+class _StateDict(defaultdict):
+    """``optimizer.state`` that counts every change, to it and to each param's state dict,
+    so a step can tell in O(1) whether its tables still point at the right tensors
+    (ZeroRedundancyOptimizer and DCP assign states directly)."""
+
+    def __init__(self, default_factory: Any = None, *args: Any) -> None:
+        super().__init__(default_factory, *args)
         self.version = 0
+        for key, value in list(dict.items(self)):
+            dict.__setitem__(self, key, self._own(value))
+
+    def _touch(self) -> None:
+        self.version += 1
+
+    def _own(self, value: Any) -> Any:
+        return _ParamState(self, value) if isinstance(value, dict) else value
+
+    def __missing__(self, key: Any) -> _ParamState:
+        self._touch()
+        value = _ParamState(self)
+        dict.__setitem__(self, key, value)
+        return value
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.version += 1
-        super().__setitem__(key, value)
+        self._touch()
+        super().__setitem__(key, self._own(value))
 
-    def __delitem__(self, key: Any) -> None:
-        self.version += 1
-        super().__delitem__(key)
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self._touch()
+        return super().setdefault(key, self._own(default))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __reduce__(self):  # pickles and deep-copies as torch's defaultdict(dict)
+        return defaultdict, (
+            dict,
+            {k: dict(v) if isinstance(v, dict) else v for k, v in self.items()},
+        )
+
+
+for _name in ("__delitem__", "clear", "pop", "popitem"):
+    setattr(_StateDict, _name, _counting(_name))
 
 
 class _Unsupported:
@@ -140,6 +205,8 @@ class _Plan:
     switches: list[tuple]  # per group: the keys that pick a bucket (compile-time switches)
     grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
     sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
+    sizes: list[int] = field(default_factory=list)  # numel per param with a grad, -1 without
+    config: KernelConfig | None = None  # the tile sizes the chunk tables were built with
     # Per param, the state dict the slots point into. ZeroRedundancyOptimizer.load_state_dict
     # assigns opt.state[p] = {...} without going through load_state_dict: that is a rebuild.
     state_version: tuple[int, int] = (0, -1)  # id and version of optimizer.state when built
@@ -159,12 +226,13 @@ class AdamW(torch.optim.Optimizer):
     Each step, for every param with a grad::
 
         p <- p * (1 - decay)           decay = lr_eff * wd_eff        ("coupled", torch's rule)
-                                       decay = (lr / initial_lr) * wd_eff      ("independent")
+                                       decay = (lr / peak_lr) * wd_eff         ("independent")
         Adam step with lr_eff, math in fp32, states in the param dtype (or ``state_dtype``)
 
-    ``weight_decay_mode`` is a third group key. ``initial_lr`` is what torch's LR schedulers
-    record; without a scheduler ``lr / initial_lr`` is 1, so independent decay removes the
-    fraction ``wd_eff`` per step whatever the peak LR.
+    ``weight_decay_mode`` is a third group key. ``peak_lr`` is the group's ``max_lr`` if a
+    OneCycleLR set one, else the ``initial_lr`` every torch LR scheduler records, else ``lr``
+    itself: without a scheduler the ratio is 1, so independent decay removes the fraction
+    ``wd_eff`` per step whatever the peak LR.
 
     Args:
         params: iterable of tensors, of dicts (param groups), or of (name, tensor) pairs.
@@ -242,7 +310,9 @@ class AdamW(torch.optim.Optimizer):
         self.kernel_config = kernel_config or KernelConfig()
         self._plan: _Plan | None = None
         self._pending_clip: Tensor | None = None
+        self._pending_clip_grads: list[int] | None = None
         self._pending_scale: Tensor | None = None
+        self._generators: dict[torch.device, torch.Generator] = {}
         self._group_values: list[float] | None = None
         self._device_tables: dict[torch.device, torch.Tensor] = {}
         self._amp_defaults: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -273,10 +343,19 @@ class AdamW(torch.optim.Optimizer):
         self.__dict__.setdefault("seed", 0)
         self._plan = None
         self._pending_clip = None
+        self._pending_clip_grads = None
         self._pending_scale = None
+        self._generators = {}
         self._group_values = None
         self._device_tables = {}
         self._amp_defaults = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's format, with plain dicts, so that ``torch.load(weights_only=True)`` and
+        torch.optim.AdamW read it."""
+        out = super().state_dict()
+        out["state"] = {k: dict(v) for k, v in out["state"].items()}
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a fused_mup or torch.optim.AdamW state_dict.
@@ -307,6 +386,12 @@ class AdamW(torch.optim.Optimizer):
                     self.state[p][key] = value.to(p.device, self.state_dtype)
         self._plan = None
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's; also drops a clip_grad_norm_() result that no step() consumed."""
+        self._pending_clip = None
+        self._pending_scale = None
+        super().zero_grad(set_to_none)
+
     # ---- the step ----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -335,6 +420,15 @@ class AdamW(torch.optim.Optimizer):
         # clip_grad_norm_(grad_scaler=...) left the grads scaled and told the scaler they were
         # not: the scale it read is the one to divide by now.
         clip, self._pending_clip = self._pending_clip, None
+        if clip is not None and self._pending_clip_grads is not plan.grad_addresses:
+            # The grads moved since clip_grad_norm_ measured them: its coefficient is stale.
+            warnings.warn(
+                "fused_mup.AdamW: grads changed between clip_grad_norm_() and step(); "
+                "stepping without clipping",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            clip = None
         if self._pending_scale is not None:
             grad_scale = self._pending_scale if grad_scale is None else grad_scale
             self._pending_scale = None
@@ -385,11 +479,7 @@ class AdamW(torch.optim.Optimizer):
                 clip=clip,
                 update=mode,
                 aux=_storage(state[aux_key]) if aux_key else None,
-                generator=(
-                    stochastic_generator(self.seed, state["step"], i, p.device)
-                    if mode == UPDATE_STOCHASTIC
-                    else None
-                ),
+                generator=self._generator(p.device) if mode == UPDATE_STOCHASTIC else None,
             )
 
     @torch.compiler.disable
@@ -478,6 +568,7 @@ class AdamW(torch.optim.Optimizer):
                 "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`"
             )
         self._pending_clip = clip
+        self._pending_clip_grads = plan.grad_addresses
         if scaler_state is not None:
             from torch.amp.grad_scaler import OptState
 
@@ -485,6 +576,13 @@ class AdamW(torch.optim.Optimizer):
             scaler_state["stage"] = OptState.UNSCALED
             self._pending_scale = scale
         return total_norm
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The plain path's stochastic-rounding RNG: seeded once, so a run is reproducible
+        from ``seed`` without reading the step on the host."""
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
 
     def _take_scaler(self, grad_scaler: torch.amp.GradScaler):
         """GradScaler's scale and this optimizer's entry in it, checked as unscale_() does."""
@@ -510,6 +608,8 @@ class AdamW(torch.optim.Optimizer):
         if not plan.grads_moved and not plan.grad_copy_any:
             return []
         refs = []
+        if plan.grad_copy_any:
+            self._refuse_during_capture("grads need a copy to match their params' strides")
         for bucket, flat_indices in plan.buckets:
             if plan.grad_copy_any:
                 addresses = []
@@ -544,9 +644,9 @@ class AdamW(torch.optim.Optimizer):
             if group["weight_decay_mode"] == "coupled":
                 decay = lr_eff * wd_eff
             elif group["weight_decay_mode"] == "independent":
-                initial = group.get("initial_lr", lr)
-                initial = float(initial) if isinstance(initial, Tensor) else initial
-                decay = (lr / initial if initial else 0.0) * wd_eff
+                peak = _peak_lr(group, lr)
+                peak = float(peak) if isinstance(peak, Tensor) else peak
+                decay = (lr / peak if peak else 0.0) * wd_eff
             else:
                 raise ValueError(
                     f"Invalid weight_decay_mode: {group['weight_decay_mode']!r} in param group "
@@ -569,13 +669,25 @@ class AdamW(torch.optim.Optimizer):
             coupled = group["weight_decay_mode"] == "coupled"
             beta1, beta2 = group["betas"]
             tail = [float(beta1), float(beta2), float(group["eps"])]
+            peak = _peak_lr(group, lr)
             if isinstance(lr, Tensor):
-                initial = group.get("initial_lr", lr)
-                rows.append([mult, mult * wd_eff if coupled else wd_eff, *tail])
-                scaled.append((gi, lr, None if coupled else initial))
+                if lr.device != device:
+                    raise ValueError(
+                        f"capturable=True: param group {gi}'s lr is on {lr.device}, its params on "
+                        f"{device}; put the lr tensor on the params' device."
+                    )
+                if coupled:
+                    rows.append([mult, mult * wd_eff, *tail])
+                    scaled.append((gi, lr, None))
+                elif isinstance(peak, Tensor):  # lr * (wd_eff / peak), divided on the device
+                    rows.append([mult, wd_eff, *tail])
+                    scaled.append((gi, lr, peak))
+                else:  # a float peak folds into the static row
+                    rows.append([mult, wd_eff / peak if peak else 0.0, *tail])
+                    scaled.append((gi, lr, None))
             else:
-                initial = group.get("initial_lr", lr)
-                decay = lr * mult * wd_eff if coupled else (lr / initial if initial else 0) * wd_eff
+                peak = float(peak) if isinstance(peak, Tensor) else peak
+                decay = lr * mult * wd_eff if coupled else (lr / peak if peak else 0) * wd_eff
                 rows.append([lr * mult, decay, *tail])
         values = [v for row in rows for v in row]
         if values != self._group_values or device not in self._device_tables:
@@ -588,13 +700,13 @@ class AdamW(torch.optim.Optimizer):
             self._group_values = values
             self._device_tables[device] = launcher.group_table(values, device, out=None)
         table = self._device_tables[device].clone()
-        for gi, lr, initial in scaled:
-            lr64 = lr.to(device=device, dtype=torch.float64)
-            if initial is None:
+        for gi, lr, peak in scaled:
+            lr64 = lr.to(dtype=torch.float64)
+            if peak is None:
                 table[gi, :2] *= lr64
             else:
                 table[gi, 0] *= lr64
-                table[gi, 1] *= lr64 / torch.as_tensor(initial, device=device).double()
+                table[gi, 1] *= lr64 / peak.to(device=device, dtype=torch.float64)
         return table
 
     def _device_group_table(self, device: torch.device, values: list[float]) -> Tensor:
@@ -636,8 +748,8 @@ class AdamW(torch.optim.Optimizer):
     def _current_plan(self, grads: list[Tensor | None]) -> _Plan:
         """The cached plan, or a new one if params or states moved.
 
-        Per step this costs two lists of data pointers and an O(1) check of the state dict;
-        only grads that moved to new tensors are looked at further.
+        Per step this costs lists of data pointers and sizes and an O(1) check of the state
+        dict; only grads that moved to new tensors are looked at further.
         """
         params = [p for group in self.param_groups for p in group["params"]]
         plan = self._plan
@@ -652,13 +764,17 @@ class AdamW(torch.optim.Optimizer):
                 param_addresses = [
                     p.data_ptr() if g is not None else -1 for p, g in zip(params, grads)
                 ]
+            # p.data = p.data[:n] keeps the address: sizes are part of the key too.
+            sizes = [p.numel() if g is not None else -1 for p, g in zip(params, grads)]
         except RuntimeError:  # e.g. a sparse grad has no data pointer; the full check says so
-            param_addresses, grad_addresses = [], []
+            param_addresses, grad_addresses, sizes = [], [], []
         if (
             plan is not None
             and param_addresses == plan.param_addresses
+            and sizes == plan.sizes
             and (id(self.state), getattr(self.state, "version", -2)) == plan.state_version
             and self._switches() == plan.switches
+            and self.kernel_config == plan.config
         ):
             if grad_addresses != plan.grad_addresses:
                 # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
@@ -676,6 +792,8 @@ class AdamW(torch.optim.Optimizer):
             self.state = _StateDict(dict, self.state)
         self._plan = self._build_plan(params, grads)
         self._plan.state_version = (id(self.state), self.state.version)
+        self._plan.sizes = sizes
+        self._plan.config = self.kernel_config
         return self._plan
 
     def _refuse_during_capture(self, what: str) -> None:
@@ -688,8 +806,11 @@ class AdamW(torch.optim.Optimizer):
     # ---- (re)building, only when something structural changed --------------------------------
 
     def _switches(self) -> list[tuple]:
+        """Per group, what the plan depends on besides addresses: the compile-time switches
+        and the group's size (a param moved between groups keeps its address)."""
         return [
-            (bool(g["amsgrad"]), bool(g["maximize"]), g["bf16_update"]) for g in self.param_groups
+            (bool(g["amsgrad"]), bool(g["maximize"]), g["bf16_update"], len(g["params"]))
+            for g in self.param_groups
         ]
 
     @staticmethod

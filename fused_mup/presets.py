@@ -334,7 +334,7 @@ def param_groups(
 
     Coupled decay shrinks by ``lr·lr_mult · wd·wd_mult = lr·wd·decay[role]`` per step, the same
     at every width (MuAdamW's ``weight_decay *= m`` for hidden weights). Independent decay
-    shrinks by ``s_t · wd · wd_mult`` with ``s_t = lr_t / initial_lr``, also width-free.
+    shrinks by ``s_t · wd · wd_mult`` with ``s_t = lr_t / peak_lr``, also width-free.
 
     Args:
         model: the model (DTensor params fine: global shapes are read).

@@ -17,17 +17,7 @@ from fused_mup.kernels.adamw import (
     UPDATE_STOCHASTIC,
 )
 
-__all__ = ["adamw_step_", "round_stochastic_bf16", "stochastic_generator"]
-
-
-def stochastic_generator(seed: int, step: torch.Tensor, index: int, device) -> torch.Generator:
-    """A generator for one tensor's stochastic rounding at this step, reproducible from seed.
-
-    Reads the step on the host: fine on this path, which serves CPU tensors.
-    """
-    gen = torch.Generator(device=device)
-    gen.manual_seed((seed * 1_000_003 + int(step.item() + 1) * 7_919 + index) % 2**63)
-    return gen
+__all__ = ["adamw_step_", "round_stochastic_bf16"]
 
 
 def round_stochastic_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

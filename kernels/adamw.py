@@ -286,7 +286,9 @@ def adamw_kernel(
         )  # fmt: skip
 
     # Every program of a tensor reads the old step above; the last one to finish writes the new
-    # one, so a single launch needs no second pass and no host round trip.
+    # one, so a single launch needs no second pass and no host round trip. The barrier makes
+    # every warp of this program read the old step before its one atomic counts it as done.
+    tl.debug_barrier()
     finished = tl.atomic_add(done_count_ptr + tensor_idx, 1)
     if finished == n_chunks - 1:
         tl.store(step_ptr, step)

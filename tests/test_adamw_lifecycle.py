@@ -427,3 +427,105 @@ def test_state_dict_assigned_per_param_is_picked_up(device):
     ref.step()
     assert_close(a, r, FP32, "after replacing the state dict")
     assert opt.state[a]["step"].item() == 3
+
+
+def _pair(device, n=40, **kw):
+    a = torch.randn(n, device=device, requires_grad=True)
+    opt = ours([a], device, lr=1e-2, **kw)
+    r = a.detach().clone().requires_grad_()
+    ref = torch.optim.AdamW([r], lr=1e-2, **kw)
+    return a, opt, r, ref
+
+
+def _step_both(a, opt, r, ref, device):
+    g = torch.randn(a.shape, device=device)
+    a.grad, r.grad = g.clone(), g.clone()
+    opt.step()
+    ref.step()
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_state_entries_replaced_or_cleared_are_picked_up(device):
+    a, opt, r, ref = _pair(device)
+    _step_both(a, opt, r, ref, device)
+    # "move the optimizer state" loops assign entries of a param's state dict.
+    for key, value in list(opt.state[a].items()):
+        opt.state[a][key] = value.clone()
+    for key, value in list(ref.state[r].items()):
+        ref.state[r][key] = value.clone()
+    _step_both(a, opt, r, ref, device)
+    assert_close(a, r, FP32, "after replacing state entries")
+    opt.state.clear()
+    ref.state.clear()
+    _step_both(a, opt, r, ref, device)
+    assert_close(a, r, FP32, "after state.clear()")
+    assert opt.state[a]["step"].item() == 1
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_param_shrunk_in_place_is_refused_by_name(device):
+    """p.data = p.data[:n] keeps the address; the step must see the new size (torch raises)."""
+    a, opt, _, _ = _pair(device)
+    a.grad = torch.randn(40, device=device)
+    opt.step()
+    a.data = a.data[:24]
+    a.grad = torch.randn(24, device=device)
+    with pytest.raises(RuntimeError, match=r"'exp_avg' of parameter 0 of param group 0"):
+        opt.step()
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_param_moved_between_groups_takes_its_new_group(device):
+    a = torch.randn(8, device=device, requires_grad=True)
+    b = torch.randn(8, device=device, requires_grad=True)
+    opt = ours([{"params": [a]}, {"params": [b], "lr": 1.0}], device, lr=0.0)
+    for p in (a, b):
+        p.grad = torch.ones(8, device=device)
+    opt.step()
+    # Same flat order, new groups: b now has lr 0.
+    opt.param_groups[0]["params"].append(opt.param_groups[1]["params"].pop())
+    before = b.detach().clone()
+    opt.step()
+    assert torch.equal(b, before), "b moved to an lr=0 group but was updated"
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_kernel_config_changed_mid_run(device):
+    a, opt, r, ref = _pair(device, n=300)
+    _step_both(a, opt, r, ref, device)
+    opt.kernel_config = KernelConfig(block=16, chunk_size=32)
+    _step_both(a, opt, r, ref, device)
+    assert_close(a, r, FP32, "after a new tile config")
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_a_clip_no_step_consumed_does_not_leak(device):
+    a, opt, r, ref = _pair(device)
+    a.grad = torch.full((40,), 1e6, device=device)
+    opt.clip_grad_norm_(1e-3)
+    opt.zero_grad()  # the clipped step never happens
+    _step_both(a, opt, r, ref, device)
+    assert_close(a, r, FP32, "zero_grad dropped the pending clip")
+    a.grad = torch.full((40,), 1e6, device=device)
+    opt.clip_grad_norm_(1e-3)
+    a.grad = torch.randn(40, device=device)  # new grads after the clip: its norm is stale
+    r.grad = a.grad.clone()
+    with pytest.warns(RuntimeWarning, match="grads changed between clip_grad_norm_"):
+        opt.step()
+    ref.step()
+    assert_close(a, r, FP32, "a stale clip is not applied")
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_independent_decay_is_relative_to_one_cycle_max_lr(device):
+    """OneCycleLR's initial_lr is the warm-up start; independent decay uses its max_lr."""
+    m_ours, m_ref = tiny_model(device), tiny_model(device)
+    opt = ours(m_ours.parameters(), device, lr=1e-2, weight_decay=1e-3)
+    for g in opt.param_groups:
+        g["weight_decay_mode"] = "independent"
+    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2, weight_decay=1e-3 / 1e-2)
+    s_ours = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=10)
+    s_ref = torch.optim.lr_scheduler.OneCycleLR(ref, max_lr=1e-2, total_steps=10)
+    train(m_ours, opt, device, 6, scheduler=s_ours)
+    train(m_ref, ref, device, 6, scheduler=s_ref)
+    assert_models_close(m_ours, m_ref, "independent decay under OneCycleLR")
