@@ -233,6 +233,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
                     ref.group, CpuFusedGroup(ref.group, amsgrad, bool(group["maximize"]))
                 )
                 fg.flat.append(ref.flat)
+                fg.views = fg.views or real is not p
                 fg.params.append(real)
                 fg.exp_avgs.append(exp_avg)
                 fg.exp_avg_sqs.append(real_view(state["exp_avg_sq"]))
@@ -300,6 +301,8 @@ def cpu_fused_grads(
     plan: Plan, fused: CpuFusedGroup, params: list[Tensor], grads: list[Tensor | None]
 ) -> list[Tensor]:
     """This step's grads of one torch-fused group, as real views with the params' strides."""
+    if not fused.views and not plan.grad_copy_any:  # the common case: the grads as they are
+        return [grads[i] for i in fused.flat]
     out = []
     for i in fused.flat:
         g = grads[i]
