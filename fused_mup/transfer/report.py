@@ -1,22 +1,23 @@
-"""Markdown report and figures for ``fused-mup transfer`` (matplotlib imported lazily)."""
+"""The report of a ``fused-mup transfer`` sweep: ``report.md`` and ``metrics.json``."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from fused_mup.transfer_metrics import Sweep, bootstrap_metrics, compute_metrics
+from fused_mup.transfer.metrics import SweepTable, bootstrap_metrics, compute_metrics
+from fused_mup.transfer.plots import plot_eta_star, plot_transfer
+from fused_mup.transfer.spec import SweepSpec
+from fused_mup.transfer.sweep import RESULTS, SPEC, load_results, load_timing, run_key_id
 
-if TYPE_CHECKING:
-    from fused_mup.transfer import SweepSpec
-
-__all__ = ["plot_eta_star", "plot_transfer", "write_report"]
+__all__ = ["make_report", "write_report"]
 
 LN2 = math.log(2.0)
+_SCHEDULE = {"cosine": "cosine to 10%", "linear": "linear to 10%", "constant": "constant"}
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -38,86 +39,9 @@ def _ci(ci: dict[str, Any] | None, key: str, scale: float = 1.0, nd: int = 3) ->
     return f"[{_fmt(iv[0] * scale, nd)}, {_fmt(iv[1] * scale, nd)}]"
 
 
-def plot_transfer(sweep: Sweep, metrics: dict[str, Any], path: Path) -> None:
-    """Loss vs log2(lr): one panel per preset, one curve per width, eta* marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mean = sweep.mean_loss()
-    P, W = len(sweep.presets), len(sweep.widths)
-    fig, axes = plt.subplots(1, P, figsize=(3.3 * P, 3.4), sharey=True, squeeze=False)
-    colors = plt.cm.viridis(np.linspace(0.0, 0.9, W))
-    x = np.log2(sweep.lrs)
-    fin = mean[np.isfinite(mean)]
-    lo = float(fin.min()) if fin.size else 0.0
-    hi = min(float(np.percentile(fin, 90)) if fin.size else 1.0, lo + 1.2)
-    top = hi + 0.04 * (hi - lo)
-    for p, name in enumerate(sweep.presets):
-        ax = axes[0, p]
-        m = metrics[name]
-        for w in range(W):
-            y = mean[p, w]
-            ok = np.isfinite(y)
-            ax.plot(x[ok], y[ok], "-o", ms=3, color=colors[w], label=f"d={int(sweep.widths[w])}")
-            div = np.isinf(y)
-            if div.any():  # diverged runs sit on the top edge as crosses
-                ax.plot(x[div], np.full(div.sum(), top), "x", color=colors[w], ms=5, clip_on=False)
-            ls = m.log_eta_star[w]
-            if m.status[w] in ("ok", "edge") and math.isfinite(ls):
-                ax.plot(ls / LN2, m.loss_star[w], "*", color=colors[w], ms=10, mec="k", mew=0.5)
-        ax.set_title(name)
-        ax.set_xlabel("log2(lr)")
-        ax.set_ylim(lo - 0.04 * (hi - lo), top)
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("validation loss (nats/byte)")
-    axes[0, -1].legend(fontsize=7, loc="upper right")
-    fig.suptitle("LR transfer across width (★ = η*, × = diverged)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def plot_eta_star(sweep: Sweep, metrics: dict[str, Any], path: Path) -> None:
-    """log2 eta* vs log2 width per preset, with the power-law fits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    W = sweep.widths
-    lw = np.log2(W)
-    for i, name in enumerate(sweep.presets):
-        m = metrics[name]
-        col = f"C{i}"
-        y = np.array(m.log_eta_star) / LN2
-        ok = np.array([s == "ok" for s in m.status])
-        edge = np.array([s == "edge" for s in m.status])
-        label = (
-            name
-            if m.b is None
-            else f"{name}: b={m.b:+.2f}" + ("" if m.E is None else f", E={m.E:.2f}")
-        )
-        ax.plot(lw[ok], y[ok], "o", color=col, label=label)
-        if edge.any():
-            ax.plot(lw[edge], y[edge], "o", mfc="none", color=col)
-        if m.b is not None:
-            xx = np.linspace(lw[0], lw[-1], 20)
-            ax.plot(xx, (m.a + m.b * xx * LN2) / LN2, "--", color=col, lw=1)
-    ax.set_xticks(lw, [str(int(w)) for w in W])
-    ax.set_xlabel("width d")
-    ax.set_ylabel("log2 η*")
-    ax.set_title("optimal LR vs width (fit: log η* = a + b log d)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def _setup_lines(recs: list[dict[str, Any]], spec: SweepSpec | None, sweep: Sweep) -> list[str]:
+def _setup_lines(
+    recs: list[dict[str, Any]], spec: SweepSpec | None, sweep: SweepTable
+) -> list[str]:
     k0 = recs[0]["key"]
     steps = {}
     for r in recs:
@@ -127,8 +51,10 @@ def _setup_lines(recs: list[dict[str, Any]], spec: SweepSpec | None, sweep: Swee
     secs = sum(float(r.get("seconds") or 0) for r in recs)
     src = k0["text"] or "Python stdlib *.py sources"
     lines = [
-        f"- model: byte-level decoder-only transformer, pre-LN, GELU, untied readout; "
-        f"depth {k0['depth']}, heads {k0['heads']}, context {k0['context']}, batch {k0['batch']}",
+        f"- model: `fused_mup.tiny_gpt.TinyGPT` (pre-LN, GELU, untied readout), "
+        f"tokenizer {k0.get('tokenizer', 'bytes')}; depth {k0['depth']}, "
+        + (f"head width {k0['head_dim']}" if k0.get("head_dim") else f"heads {k0['heads']}")
+        + f", context {k0['context']}, batch {k0['batch']}",
         f"- widths {', '.join(str(int(w)) for w in sweep.widths)} (base width "
         f"{k0['base_width']}); lrs 2^{np.log2(sweep.lrs[0]):.3g} .. "
         f"2^{np.log2(sweep.lrs[-1]):.3g} ({len(sweep.lrs)} points); seeds {sweep.seeds}",
@@ -140,10 +66,12 @@ def _setup_lines(recs: list[dict[str, Any]], spec: SweepSpec | None, sweep: Swee
         )
         + " — tokens per width "
         + ", ".join(f"{w}: {t:,}" for w, t in tokens.items()),
-        f"- optimizer: AdamW ({k0['impl']}), warm-up {k0['warmup']:.0%} then cosine to 10%; "
+        f"- optimizer: fused_mup.AdamW, betas ({k0.get('beta1', 0.9)}, "
+        f"{k0.get('beta2', 0.999)}), warm-up {k0['warmup']:.0%} then "
+        f"{_SCHEDULE[k0.get('schedule', 'cosine')]}; "
         f"weight decay {k0['weight_decay']} ({k0['weight_decay_mode']})",
         f"- data: {src} (max {k0['max_bytes']:,} bytes, fingerprint `{k0['data']}`); "
-        f"metric: held-out validation loss, nats/byte",
+        f"metric: held-out validation loss, nats/token",
         f"- runs: {len(recs)} ({n_div} diverged), device {k0['device']}, "
         f"{secs / 60:.1f} min of per-run wall time summed over workers",
     ]
@@ -159,7 +87,7 @@ def write_report(
     timing: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Compute metrics (+ bootstrap), write ``metrics.json``, ``report.md`` and figures."""
-    sweep = Sweep.from_records(recs)
+    sweep = SweepTable.from_records(recs)
     metrics = compute_metrics(sweep)
     ci = bootstrap_metrics(sweep, n_boot=n_boot) if n_boot > 0 else None
     W = sweep.widths
@@ -275,3 +203,36 @@ def write_report(
     (out / "metrics.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return payload
+
+
+def make_report(
+    out_dir: str | Path,
+    spec: SweepSpec | None = None,
+    n_boot: int = 200,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Compute the metrics of a finished (or partial) sweep and write the report.
+
+    Writes ``report.md``, ``metrics.json`` and (with matplotlib) ``transfer.png`` (loss vs
+    log2 lr, one panel per preset, one curve per width) and ``eta_star.png`` (eta* vs width
+    with the power-law fits) into ``out_dir``.
+
+    Args:
+        out_dir: the sweep's output directory.
+        spec: restrict to this spec's runs (default: ``out_dir/spec.json``, else all records).
+        n_boot: bootstrap replicates (used when there are >= 2 seeds).
+        plots: write the figures.
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+    """
+    out = Path(out_dir)
+    recs = load_results(out / RESULTS)
+    if spec is None and (out / SPEC).exists():
+        spec = SweepSpec.from_json(json.loads((out / SPEC).read_text()))
+    if spec is not None:
+        ids = {run_key_id(c.key()) for c in spec.resolved().runs()}
+        recs = [r for r in recs if r.get("id") in ids]
+    if not recs:
+        raise SystemExit(f"no results for this sweep in {out / RESULTS}")
+    return write_report(out, recs, spec, n_boot=n_boot, plots=plots, timing=load_timing(out))

@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = [
     "Optimum",
-    "Sweep",
+    "SweepTable",
     "bootstrap_metrics",
     "compute_metrics",
     "curvature",
@@ -35,7 +35,7 @@ DELTA_MAX = math.log(4.0)  # half-width of the window used for the quadratic-cur
 
 
 @dataclass
-class Sweep:
+class SweepTable:
     """A sweep table: ``loss[p, w, l, s]`` for presets x widths x LRs x seeds.
 
     ``+inf`` marks a diverged run and ``nan`` a run that is not in the table.
@@ -48,7 +48,7 @@ class Sweep:
     loss: np.ndarray
 
     @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> Sweep:
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> SweepTable:
         """Build from results-file records (``preset, width, lr, seed, val_loss, diverged``).
 
         Records may be flat or carry the config under ``"key"``.
@@ -276,7 +276,7 @@ def _f(x: float) -> float | None:
 
 
 def preset_metrics(
-    sweep: Sweep,
+    sweep: SweepTable,
     mean: np.ndarray,
     p: int,
     best_loss: np.ndarray,
@@ -362,7 +362,9 @@ def _r_inf(sf: SaturatingFit | str) -> float | None:
     return sf.R_inf
 
 
-def compute_metrics(sweep: Sweep, seed_idx: np.ndarray | None = None) -> dict[str, PresetMetrics]:
+def compute_metrics(
+    sweep: SweepTable, seed_idx: np.ndarray | None = None
+) -> dict[str, PresetMetrics]:
     """Metrics for every preset in the sweep (on the seed mean, or a seed resample)."""
     mean = sweep.mean_loss(seed_idx)
     x = np.log(sweep.lrs)
@@ -381,7 +383,7 @@ SCALARS = ("b", "E", "extrap_err", "kappa", "extrap_penalty", "R_inf", "R_inf_fi
 
 
 def bootstrap_metrics(
-    sweep: Sweep, n_boot: int = 200, seed: int = 0, level: float = 0.95
+    sweep: SweepTable, n_boot: int = 200, seed: int = 0, level: float = 0.95
 ) -> dict[str, dict[str, tuple[float, float] | None]] | None:
     """Percentile bootstrap intervals over seeds for the scalar metrics and log eta*(d).
 
