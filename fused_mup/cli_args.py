@@ -14,6 +14,7 @@ from typing import Any
 __all__ = ["add_list", "number", "positive_int", "protect_negative_values"]
 
 _NEGATIVE = re.compile(r"^-(\d|\.\d)")
+_NUMBERS = re.compile(r"^-?(\d|\.\d)[\d.,eE*^+-]*$")  # "-12", "-12,-4", "2**-10", "1e-3"
 
 
 def number(s: str) -> float:
@@ -49,7 +50,8 @@ class _ListAction(argparse.Action):
         super().__init__(*args, **kw)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        parts = [p for v in ([values] if isinstance(values, str) else values) for p in v.split(",")]
+        vals = [values] if isinstance(values, str) else values
+        parts = [p for v in vals for p in re.split(r"[,\s]+", v)]
         out = []
         for p in (p.strip() for p in parts):
             if not p:
@@ -74,18 +76,19 @@ def add_list(
 
 
 def protect_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[str]:
-    """Glue ``--opt -12,-4`` into ``--opt=-12,-4`` for the list ``options``.
-
-    argparse reads ``-12,-4`` as an option (it is not a plain negative number) and answers
-    "expected one argument"; ``-12 -4`` works as is.
-    """
+    """Glue ``--opt -12,-4`` (or ``--opt -12 -4``) into ``--opt=-12,-4`` for the list
+    ``options``: argparse reads ``-12,-4`` as an unknown option and answers "expected one
+    argument"."""
     out: list[str] = []
-    it = iter(range(len(argv)))
-    for i in it:
+    i = 0
+    while i < len(argv):
         a = argv[i]
-        if a in options and i + 1 < len(argv) and _NEGATIVE.match(argv[i + 1]):
-            out.append(f"{a}={argv[i + 1]}")
-            next(it, None)
+        j = i + 1
+        if a in options and j < len(argv) and _NEGATIVE.match(argv[j]):
+            while j < len(argv) and _NUMBERS.match(argv[j]):
+                j += 1
+            out.append(f"{a}={','.join(argv[i + 1 : j])}")
         else:
             out.append(a)
+        i = j
     return out

@@ -10,12 +10,12 @@ import numpy as np
 
 from fused_mup.transfer.metrics import SweepTable
 
-__all__ = ["plot_eta_star", "plot_transfer"]
+__all__ = ["plot_curves", "plot_eta_star", "plot_transfer", "pyplot"]
 
 LN2 = math.log(2.0)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; set before pyplot loads
@@ -26,7 +26,7 @@ def _pyplot():
 
 def plot_transfer(sweep: SweepTable, metrics: dict[str, Any], path: Path) -> None:
     """Loss vs log2(lr): one panel per preset, one curve per width, eta* marked."""
-    plt = _pyplot()
+    plt = pyplot()
     mean = sweep.mean_loss()
     P, W = len(sweep.presets), len(sweep.widths)
     fig, axes = plt.subplots(1, P, figsize=(3.3 * P, 3.4), sharey=True, squeeze=False)
@@ -63,7 +63,7 @@ def plot_transfer(sweep: SweepTable, metrics: dict[str, Any], path: Path) -> Non
 
 def plot_eta_star(sweep: SweepTable, metrics: dict[str, Any], path: Path) -> None:
     """log2 eta* vs log2 width per preset, with the power-law fits."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     W = sweep.widths
     lw = np.log2(W)
@@ -88,6 +88,46 @@ def plot_eta_star(sweep: SweepTable, metrics: dict[str, Any], path: Path) -> Non
     ax.set_xlabel("width d")
     ax.set_ylabel("log2 η*")
     ax.set_title("optimal LR vs width (fit: log η* = a + b log d)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_curves(
+    records: list[dict[str, Any]], sweep: SweepTable, best_index: np.ndarray, path: Path
+) -> None:
+    """Training-loss curves at the largest width, each preset at its best grid LR (seed mean
+    as a thick line, each seed thin)."""
+    plt = pyplot()
+    dmax = int(sweep.widths[-1])
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for p, name in enumerate(sweep.presets):
+        i = int(best_index[p, -1])
+        if i < 0:
+            continue
+        lr = float(sweep.lrs[i])
+        runs = [
+            r
+            for r in records
+            if r["key"]["preset"] == name
+            and int(r["key"]["width"]) == dmax
+            and math.isclose(float(r["key"]["lr"]), lr, rel_tol=1e-6)
+            and r.get("curve")
+        ]
+        if not runs:
+            continue
+        col = f"C{p}"
+        for r in runs:
+            c = np.asarray(r["curve"], float)
+            ax.plot(c[:, 0], c[:, 1], color=col, lw=0.6, alpha=0.4)
+        n = min(len(r["curve"]) for r in runs)
+        c = np.mean([np.asarray(r["curve"][:n], float) for r in runs], axis=0)
+        ax.plot(c[:, 0], c[:, 1], color=col, lw=1.6, label=f"{name} (lr 2^{math.log2(lr):.0f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (block means)")
+    ax.set_title(f"training loss at d={dmax}, each preset at its best LR", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from fused_mup.transfer.claims import bootstrap, claim_stats, compute_summary, headline_verdicts
 from fused_mup.transfer.metrics import SweepTable, bootstrap_metrics, compute_metrics
-from fused_mup.transfer.plots import plot_eta_star, plot_transfer
+from fused_mup.transfer.plots import plot_curves, plot_eta_star, plot_transfer
 from fused_mup.transfer.spec import SweepSpec
 from fused_mup.transfer.sweep import RESULTS, SPEC, load_results, load_timing, run_key_id
 
-__all__ = ["make_report", "write_report"]
+__all__ = ["claim_sections", "make_report", "write_report"]
 
 LN2 = math.log(2.0)
 _SCHEDULE = {"cosine": "cosine to 10%", "linear": "linear to 10%", "constant": "constant"}
@@ -78,6 +79,152 @@ def _setup_lines(
     return lines
 
 
+def _civ(ci: dict[str, np.ndarray] | None, key: str, *idx: int, nd: int = 2) -> str:
+    if ci is None:
+        return ""
+    lo, hi = ci[key][idx]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return " [–]"
+    return f" [{lo:.{nd}f}, {hi:.{nd}f}]"
+
+
+def _per_width(
+    sweep: SweepTable, stats: dict[str, np.ndarray], ci: dict[str, np.ndarray] | None, key: str
+) -> dict[str, Any]:
+    # metrics.json form: {width: {"value": v, "ci95": [lo, hi] | None}} per preset
+    out: dict[str, Any] = {}
+    for p, name in enumerate(sweep.presets):
+        row = {}
+        for w, d in enumerate(sweep.widths):
+            v = float(stats[key][p, w])
+            iv = None if ci is None else [float(x) for x in ci[key][p, w]]
+            row[str(int(d))] = {
+                "value": v if math.isfinite(v) else None,
+                "ci95": None if iv is None or not all(map(math.isfinite, iv)) else iv,
+            }
+        out[name] = row
+    return out
+
+
+def claim_sections(
+    sweep: SweepTable, n_boot: int
+) -> tuple[list[str], dict[str, Any], dict[str, np.ndarray]]:
+    """The report's first sections (verdicts, gap closed, L*, stability, compute), their
+    ``metrics.json`` entries, and the point statistics."""
+    stats = claim_stats(sweep)
+    ci = bootstrap(sweep, claim_stats, n_boot=n_boot) if n_boot > 0 else None
+    verdicts = headline_verdicts(sweep, stats, ci)
+    W, names = sweep.widths, sweep.presets
+    head = "| preset | " + " | ".join(f"d={int(w)}" for w in W) + " |"
+    rule = "|---" * (len(W) + 1) + "|"
+    seeds = f"{len(sweep.seeds)} seeds, 95% bootstrap intervals" if ci else "1 seed, no intervals"
+    lines = ["## Verdicts", ""]
+    for v in verdicts:
+        lines.append(f"- **{v['verdict']}**: {v['claim']} (rule {v['rule']}, docs/transfer.md)")
+    if not verdicts:
+        lines.append("- (needs the presets sp, sp_emb and mup_lr)")
+    lines += ["", f"## Share of SP's loss gap closed ({seeds})", ""]
+    for key, gap, ref in (
+        ("gap_closed", "gap", "mup_lr"),
+        ("gap_closed_vs_mup", "gap_vs_mup", "mup"),
+    ):
+        if ref not in names or "sp" not in names:
+            continue
+        lines += [
+            f"(L*_sp − L*_preset) / (L*_sp − L*_{ref}); 1 = as good as {ref}, 0 = no better "
+            "than sp, > 1 = better than the reference.",
+            "",
+            head,
+            rule,
+        ]
+        for p, name in enumerate(names):
+            if name in ("sp", ref):
+                continue
+            cells = [_fmt(float(stats[key][p, w]), 2) + _civ(ci, key, p, w) for w in range(len(W))]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [_fmt(float(stats[gap][w]), 4) + _civ(ci, gap, w, nd=4) for w in range(len(W))]
+        lines += [f"| *gap L*_sp − L*_{ref}* | " + " | ".join(cells) + " |", ""]
+    lines += ["## Best loss L*(d)", "", head, rule]
+    for p, name in enumerate(names):
+        cells = [
+            _fmt(float(stats["L_star"][p, w]), 4) + _civ(ci, "L_star", p, w, nd=4)
+            for w in range(len(W))
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [""]
+    if "instability" in sweep.aux:
+        lines += [
+            "## Stability at the best LR",
+            "",
+            "Instability: mean excess of the training loss over its running median (10 "
+            "steps), nats; 0 = never above it. Curves: `curves.png`.",
+            "",
+            head,
+            rule,
+        ]
+        for p, name in enumerate(names):
+            cells = [
+                _fmt(float(stats["instability"][p, w]), 4) + _civ(ci, "instability", p, w, nd=4)
+                for w in range(len(W))
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += [""]
+    comp = compute_summary(sweep)
+    if comp:
+        lines += [
+            "## Compute",
+            "",
+            "FLOPs = (6·N + 6·depth·context·d) per training token (N: non-embedding "
+            "parameters, readout included); seconds measured per run (training loop only). "
+            f"Proxy sweep: every LR and seed at d={int(W[0])}; direct sweep: the same at "
+            f"d={int(W[-1])}. Loss left: L(d={int(W[-1])}, η*(d={int(W[0])})) − "
+            f"L*(d={int(W[-1])}), nats.",
+            "",
+            "| preset | proxy sweep | direct sweep | direct / proxy (FLOPs, s) | loss left |",
+            "|---|---|---|---|---|",
+        ]
+        for p, name in enumerate(names):
+            c = comp[name]
+            lines.append(
+                f"| {name} | {c['proxy_flops']:.3g} FLOPs, {c['proxy_seconds']:.0f} s | "
+                f"{c['direct_flops']:.3g} FLOPs, {c['direct_seconds']:.0f} s | "
+                f"{_ratio(c['flops_ratio'])}, {_ratio(c['seconds_ratio'])} | "
+                f"{_fmt(float(stats['loss_left'][p]), 4)}{_civ(ci, 'loss_left', p, nd=4)} |"
+            )
+        lines += [""]
+    js: dict[str, Any] = {"verdicts": verdicts}
+    for key in ("gap_closed", "gap_closed_vs_mup", "L_star", "instability"):
+        js[key] = _per_width(sweep, stats, ci, key)
+    js["gap"] = {
+        k: {
+            str(int(d)): {
+                "value": _jnum(stats[k][w]),
+                "ci95": None if ci is None else [_jnum(x) for x in ci[k][w]],
+            }
+            for w, d in enumerate(W)
+        }
+        for k in ("gap", "gap_vs_mup")
+    }
+    js["loss_left"] = {
+        name: {
+            "value": _jnum(stats["loss_left"][p]),
+            "ci95": None if ci is None else [_jnum(x) for x in ci["loss_left"][p]],
+        }
+        for p, name in enumerate(names)
+    }
+    js["compute"] = comp
+    return lines, js, stats
+
+
+def _ratio(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}×"
+
+
+def _jnum(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 def write_report(
     out: Path,
     recs: list[dict[str, Any]],
@@ -109,6 +256,9 @@ def write_report(
             + (f"; 1-min load average seen: {min(loads):.1f}–{max(loads):.1f}." if loads else "."),
             "",
         ]
+    claim_lines, claim_js, stats = claim_sections(sweep, n_boot)
+    lines += claim_lines
+    lines += ["## Setup", ""]
     lines += _setup_lines(recs, spec, sweep)
     lines += [
         "",
@@ -122,6 +272,9 @@ def write_report(
             plot_transfer(sweep, metrics, out / "transfer.png")
             plot_eta_star(sweep, metrics, out / "eta_star.png")
             lines += ["![transfer](transfer.png)", "", "![eta star](eta_star.png)", ""]
+            if any(r.get("curve") for r in recs):
+                plot_curves(recs, sweep, stats["best_index"], out / "curves.png")
+                lines += ["![training curves](curves.png)", ""]
         except ImportError:
             lines += ["(matplotlib not installed: no figures)", ""]
 
@@ -197,7 +350,20 @@ def write_report(
         "wall_s": wall_s,
         "widths": W.tolist(),
         "lrs": sweep.lrs.tolist(),
-        "presets": {k: v.to_dict() for k, v in metrics.items()},
+        "verdicts": claim_js["verdicts"],
+        "gap": claim_js["gap"],
+        "presets": {
+            k: {
+                **{
+                    key: claim_js[key][k]
+                    for key in ("gap_closed", "gap_closed_vs_mup", "L_star", "instability")
+                },
+                "loss_left": claim_js["loss_left"][k],
+                "compute": claim_js["compute"].get(k),
+                **v.to_dict(),
+            }
+            for k, v in metrics.items()
+        },
         "bootstrap_95": ci,
     }
     (out / "metrics.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")

@@ -64,14 +64,14 @@ class SweepSpec:
     def quick(cls, **kw: Any) -> SweepSpec:
         """The ``--quick`` sweep: 2 seeds, <= 10 min on a 2-core CPU (docs/transfer.md)."""
         base: dict[str, Any] = dict(
-            widths=(32, 64, 128, 256),
+            widths=(16, 32, 64, 128),
             lrs=pow2(-10, -4),
             seeds=(0, 1),
             depth=2,
-            heads=4,
+            heads=2,
             context=32,
             batch=16,
-            base_width=32,
+            base_width=16,
             tokens=16 * 32 * 100,  # 100 steps
             eval_batches=8,
             max_bytes=2_000_000,

@@ -98,7 +98,7 @@ def _cost(cfg: RunConfig) -> float:
 
 # Sustained throughput of one CPU core on these tiny models, in _cost units per second
 # (measured on the committed --quick run; used only for the estimate before a sweep starts).
-CPU_COST_PER_S = 3e9
+CPU_COST_PER_S = 2e10
 
 
 def estimate_seconds(spec: SweepSpec, out_dir: str | Path | None = None, jobs: int = 1) -> float:

@@ -1,4 +1,4 @@
-"""``fused-mup transfer`` end to end on tiny real runs: resume, divergence, CLI."""
+"""``fused-mup transfer`` on tiny real runs: corpus, one run's record, resume, divergence."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import pytest
 
 from fused_mup.transfer import (
     SweepSpec,
-    cli,
     data,
     load_corpus,
     load_results,
-    main,
     run_key_id,
     run_sweep,
     sweep,
 )
+from fused_mup.transfer.train import RunConfig, instability, lr_factor, train_run
 
 
 def tiny_spec(**kw) -> SweepSpec:
@@ -85,38 +84,43 @@ def test_diverged_run_is_recorded(tmp_path):
     assert json.loads((tmp_path / "results.jsonl").read_text())["diverged"] is True
 
 
-def test_end_to_end_cli(tmp_path):
-    argv = [
-        "--widths", "16,32,64", "--lr-range=-9,-5", "--presets", "sp,mup", "--seeds", "0,1",
-        "--depth", "1", "--heads", "2", "--context", "16", "--batch", "4", "--base-width", "16",
-        "--tokens", "1024", "--max-bytes", "300000", "--device", "cpu", "--jobs", "1",
-        "--bootstrap", "20", "--no-progress", "--out", str(tmp_path),
-    ]  # fmt: skip
-    assert main(argv) == 0
-    assert len(load_results(tmp_path)) == 2 * 3 * 5 * 2
-    report = (tmp_path / "report.md").read_text()
-    assert "## sp" in report and "## mup" in report and "95% CI" in report
-    assert "Wall time of the sweep" in report
-    assert (tmp_path / "transfer.png").stat().st_size > 0
-    assert (tmp_path / "eta_star.png").stat().st_size > 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["presets"]) == {"sp", "mup"}
-    assert main(["--report-only", "--out", str(tmp_path), "--no-plots"]) == 0
-
-
-def test_cli_parsing():
-    a = cli.build_parser().parse_args(
-        ["--quick", "--lrs", "2**-10,1e-3", "--tokens-per-param", "2", "--weight-decay", "0.1"]
-    )
-    spec = cli.spec_from_args(a)
-    assert spec.lrs == (2.0**-10, 1e-3) and spec.name == "quick"
-    assert spec.tokens is None and spec.steps_for(64) > spec.steps_for(32)
-    assert spec.weight_decay == 0.1
-    with pytest.raises(SystemExit):
-        cli.spec_from_args(cli.build_parser().parse_args(["--presets", "nope"]))
-
-
 @pytest.mark.slow
 def test_process_pool(tmp_path):
     recs = run_sweep(tiny_spec(), tmp_path, jobs=2, progress=False)
     assert len(recs) == 8 and all(r["val_loss"] or r["diverged"] for r in recs)
+
+
+def test_run_record_has_curve_instability_and_compute():
+    cfg = RunConfig("sp", 16, 2.0**-6, 0, depth=1, heads=2, context=16, batch=4, steps=30,
+                    base_width=16, eval_batches=2, max_bytes=300_000)  # fmt: skip
+    cfg = RunConfig(**{**cfg.__dict__, "data": load_corpus(max_bytes=300_000).fingerprint})
+    rec = train_run(cfg, threads=None)
+    assert not rec["diverged"] and rec["steps_done"] == 30
+    assert len(rec["curve"]) == 30 and rec["curve"][-1][0] == 30  # <= 50 points: every step
+    # FLOPs = (6 N + 6 depth context d) per token (docs/transfer.md), N non-embedding
+    n = 12 * 16 * 16 + 4 * 16 + 2 * 16 + 256 * 16
+    assert rec["params"] == n
+    assert rec["flops"] == (6 * n + 6 * 1 * 16 * 16) * 30 * 4 * 16
+    assert 0 < rec["train_seconds"] <= rec["seconds"]
+    assert rec["instability"] >= 0
+    assert rec["val_loss_per_byte"] == rec["val_loss"]  # bytes: one byte per token
+
+
+def test_instability_measure():
+    smooth = [3.0 - 0.01 * t for t in range(100)]
+    assert instability(smooth) == 0.0
+    spiky = list(smooth)
+    spiky[50] += 1.0  # one spike of height ~1 over the running median
+    # the spike minus the running median (the 5th-smallest of the 10 previous: L_45)
+    assert instability(spiky) == pytest.approx((1.0 - 0.05) / 90, rel=1e-6)
+    assert instability([1.0, 2.0]) == 0.0  # shorter than the window
+
+
+def test_lr_schedules():
+    assert lr_factor(0, 100, 0.1) == pytest.approx(0.1)  # warm-up
+    assert lr_factor(9, 100, 0.1) == 1.0
+    assert lr_factor(99, 100, 0.1, "cosine") == pytest.approx(0.1, abs=1e-3)
+    assert lr_factor(55, 100, 0.1, "linear") == pytest.approx(0.55)
+    assert lr_factor(80, 100, 0.1, "constant") == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(50, 100, 0.1, "step")
