@@ -8,15 +8,16 @@ that is missing from the table has loss ``nan``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "AUX",
     "Optimum",
-    "Sweep",
+    "SweepTable",
     "bootstrap_metrics",
     "compute_metrics",
     "curvature",
@@ -34,11 +35,16 @@ DELTA_MAX = math.log(4.0)  # half-width of the window used for the quadratic-cur
 # the table
 
 
+#: Per-run numbers carried beside the loss (``SweepTable.aux``), when the records have them.
+AUX = ("instability", "flops", "train_seconds", "seconds")
+
+
 @dataclass
-class Sweep:
+class SweepTable:
     """A sweep table: ``loss[p, w, l, s]`` for presets x widths x LRs x seeds.
 
-    ``+inf`` marks a diverged run and ``nan`` a run that is not in the table.
+    ``+inf`` marks a diverged run and ``nan`` a run that is not in the table. ``aux`` holds
+    other per-run numbers (:data:`AUX`) in the same layout (nan where absent).
     """
 
     presets: list[str]
@@ -46,34 +52,49 @@ class Sweep:
     lrs: np.ndarray
     seeds: list[int]
     loss: np.ndarray
+    aux: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> Sweep:
+    def from_records(
+        cls,
+        records: Iterable[Mapping[str, Any]],
+        label: Callable[[Mapping[str, Any]], str] | None = None,
+    ) -> SweepTable:
         """Build from results-file records (``preset, width, lr, seed, val_loss, diverged``).
 
-        Records may be flat or carry the config under ``"key"``.
+        Records may be flat or carry the config under ``"key"``. ``label(key)`` names the
+        "preset" axis entry of a run (default: ``key["preset"]``), so that one table can hold
+        the arms of an experiment, e.g. ``"sp|wd"``.
         """
         rows = []
         for r in records:
             k = r.get("key", r)
             bad = r.get("diverged") or r.get("val_loss") is None
             loss = math.inf if bad else float(r["val_loss"])
-            rows.append((k["preset"], int(k["width"]), float(k["lr"]), int(k["seed"]), loss))
+            aux = tuple(math.nan if r.get(a) is None else float(r[a]) for a in AUX)
+            name = k["preset"] if label is None else label(k)
+            rows.append((name, int(k["width"]), float(k["lr"]), int(k["seed"]), loss, aux))
         if not rows:
             raise ValueError("empty sweep table")
         presets = list(dict.fromkeys(r[0] for r in rows))
         widths = np.array(sorted({r[1] for r in rows}), dtype=float)
         lrs = np.array(sorted({r[2] for r in rows}), dtype=float)
         seeds = sorted({r[3] for r in rows})
-        loss = np.full((len(presets), len(widths), len(lrs), len(seeds)), np.nan)
-        for p, w, lr, s, v in rows:
-            loss[
+        shape = (len(presets), len(widths), len(lrs), len(seeds))
+        loss = np.full(shape, np.nan)
+        aux_arr = {a: np.full(shape, np.nan) for a in AUX}
+        for p, w, lr, s, v, aux in rows:
+            i = (
                 presets.index(p),
                 int(np.searchsorted(widths, w)),
                 int(np.searchsorted(lrs, lr)),
                 seeds.index(s),
-            ] = v
-        return cls(presets, widths, lrs, seeds, loss)
+            )
+            loss[i] = v
+            for a, x in zip(AUX, aux, strict=True):
+                aux_arr[a][i] = x
+        aux_arr = {a: x for a, x in aux_arr.items() if not np.isnan(x).all()}
+        return cls(presets, widths, lrs, seeds, loss, aux_arr)
 
     def mean_loss(self, seed_idx: np.ndarray | None = None) -> np.ndarray:
         """Seed-mean loss ``[p, w, l]``: inf if any seed diverged, nan if none ran."""
@@ -276,7 +297,7 @@ def _f(x: float) -> float | None:
 
 
 def preset_metrics(
-    sweep: Sweep,
+    sweep: SweepTable,
     mean: np.ndarray,
     p: int,
     best_loss: np.ndarray,
@@ -362,7 +383,9 @@ def _r_inf(sf: SaturatingFit | str) -> float | None:
     return sf.R_inf
 
 
-def compute_metrics(sweep: Sweep, seed_idx: np.ndarray | None = None) -> dict[str, PresetMetrics]:
+def compute_metrics(
+    sweep: SweepTable, seed_idx: np.ndarray | None = None
+) -> dict[str, PresetMetrics]:
     """Metrics for every preset in the sweep (on the seed mean, or a seed resample)."""
     mean = sweep.mean_loss(seed_idx)
     x = np.log(sweep.lrs)
@@ -381,7 +404,7 @@ SCALARS = ("b", "E", "extrap_err", "kappa", "extrap_penalty", "R_inf", "R_inf_fi
 
 
 def bootstrap_metrics(
-    sweep: Sweep, n_boot: int = 200, seed: int = 0, level: float = 0.95
+    sweep: SweepTable, n_boot: int = 200, seed: int = 0, level: float = 0.95
 ) -> dict[str, dict[str, tuple[float, float] | None]] | None:
     """Percentile bootstrap intervals over seeds for the scalar metrics and log eta*(d).
 

@@ -1,17 +1,14 @@
-"""Tests for ``fused-mup transfer``: metrics on planted tables, resume, a tiny real sweep."""
+"""``fused_mup.transfer.metrics`` on planted sweep tables (known b, kappa, R_inf)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 
-from fused_mup import transfer
-from fused_mup.transfer import SweepSpec, load_results, main, run_key_id, run_sweep
-from fused_mup.transfer_metrics import (
-    Sweep,
+from fused_mup.transfer.metrics import (
+    SweepTable,
     bootstrap_metrics,
     compute_metrics,
     find_optimum,
@@ -19,13 +16,12 @@ from fused_mup.transfer_metrics import (
     fit_saturating,
     loss_at,
 )
-from fused_mup.transfer_model import load_corpus
 
 WIDTHS = np.array([32.0, 64.0, 128.0, 256.0, 512.0])
 LRS = 2.0 ** np.arange(-18, -1.5, 0.5)
 
 
-def planted(b: float, kappa: float, resid: np.ndarray | None = None, seeds: int = 1) -> Sweep:
+def planted(b: float, kappa: float, resid: np.ndarray | None = None, seeds: int = 1) -> SweepTable:
     """L(d, eta) = L0(d) + c0 (d/32)^kappa (ln eta - ln eta*(d))^2, eta* = 1e-3 (d/32)^b."""
     log_eta = math.log(1e-3) + b * np.log(WIDTHS / 32)
     if resid is not None:
@@ -35,7 +31,7 @@ def planted(b: float, kappa: float, resid: np.ndarray | None = None, seeds: int 
     x = np.log(LRS)
     loss = L0[:, None] + c[:, None] * (x[None, :] - log_eta[:, None]) ** 2
     loss = np.repeat(loss[None, :, :, None], seeds, axis=3)
-    return Sweep(["p"], WIDTHS.copy(), LRS.copy(), list(range(seeds)), loss)
+    return SweepTable(["p"], WIDTHS.copy(), LRS.copy(), list(range(seeds)), loss)
 
 
 def test_planted_power_law_gives_back_b_with_zero_E():
@@ -75,7 +71,7 @@ def test_R_inf_on_planted_gap():
     base = planted(b=0.0, kappa=0.0)
     gap = 0.02 + 0.3 * (WIDTHS / 32) ** -0.7
     lq = base.loss[0] * (1 + gap)[:, None, None]
-    sw = Sweep(["p", "q"], WIDTHS, LRS, [0], np.stack([base.loss[0], lq]))
+    sw = SweepTable(["p", "q"], WIDTHS, LRS, [0], np.stack([base.loss[0], lq]))
     ms = compute_metrics(sw)
     assert ms["p"].R_inf == pytest.approx(0.0, abs=1e-9)
     assert ms["q"].R == pytest.approx(gap.tolist(), rel=1e-9)
@@ -88,7 +84,7 @@ def test_growing_penalty_has_no_R_inf():
     base = planted(b=0.0, kappa=0.0)
     gap = 0.1 * np.log2(WIDTHS / 32) + 1e-3
     lq = base.loss[0] * (1 + gap)[:, None, None]
-    ms = compute_metrics(Sweep(["p", "q"], WIDTHS, LRS, [0], np.stack([base.loss[0], lq])))
+    ms = compute_metrics(SweepTable(["p", "q"], WIDTHS, LRS, [0], np.stack([base.loss[0], lq])))
     assert ms["q"].R_inf is None and isinstance(ms["q"].R_fit, dict)
     assert any("still growing" in n for n in ms["q"].notes)
 
@@ -119,7 +115,7 @@ def test_diverged_records_count_as_inf():
         {"key": {"preset": "sp", "width": 32, "lr": lr, "seed": 0}, "val_loss": v, "diverged": d}
         for lr, v, d in [(1e-3, 3.0, False), (2e-3, 2.5, False), (4e-3, None, True)]
     ]
-    sw = Sweep.from_records(recs)
+    sw = SweepTable.from_records(recs)
     assert sw.loss[0, 0, :, 0].tolist() == [3.0, 2.5, math.inf]
 
 
@@ -131,111 +127,3 @@ def test_bootstrap_over_seeds():
     lo, hi = ci["p"]["b"]
     assert lo <= hi and lo < -0.9 and hi > -1.1
     assert bootstrap_metrics(planted(b=-1.0, kappa=0.0), n_boot=10) is None
-
-
-# ----------------------------------------------------------------------------------------------
-# real (tiny) runs
-
-
-def tiny_spec(**kw) -> SweepSpec:
-    base = dict(
-        presets=("sp", "mup"),
-        widths=(16, 32),
-        lrs=(2.0**-7, 2.0**-5),
-        depth=1,
-        heads=2,
-        context=16,
-        batch=4,
-        base_width=16,
-        tokens=4 * 16 * 4,
-        eval_batches=2,
-        max_bytes=300_000,
-        device="cpu",
-        name="tiny",
-    )
-    base.update(kw)
-    return SweepSpec(**base)
-
-
-def test_corpus_is_deterministic_and_split():
-    a = load_corpus(max_bytes=300_000)
-    assert len(a.train) > 5 * len(a.val) > 0
-    transfer_model = pytest.importorskip("fused_mup.transfer_model")
-    transfer_model._CORPUS_CACHE.clear()
-    assert load_corpus(max_bytes=300_000).fingerprint == a.fingerprint
-
-
-def test_resume_after_interruption(tmp_path, monkeypatch):
-    spec = tiny_spec()
-    n_all = len(spec.runs())
-    calls = []
-    real = transfer.train_run
-
-    def interrupted(cfg, threads=None):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(cfg)
-        return real(cfg, threads=threads)
-
-    monkeypatch.setattr(transfer, "train_run", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec, tmp_path, jobs=1, progress=False)
-    assert len(load_results(tmp_path)) == 3
-    with open(tmp_path / "results.jsonl", "a") as f:
-        f.write('{"id": "torn line from a kill')  # a crash mid-write
-    calls.clear()
-    monkeypatch.setattr(
-        transfer, "train_run", lambda cfg, threads=None: (calls.append(cfg), real(cfg))[1]
-    )
-    recs = run_sweep(spec, tmp_path, jobs=1, progress=False)
-    assert len(calls) == n_all - 3
-    assert len(recs) == n_all
-    ids = [r["id"] for r in load_results(tmp_path)]
-    assert sorted(ids) == sorted({run_key_id(c.key()) for c in spec.runs()})
-    calls.clear()
-    run_sweep(spec, tmp_path, jobs=1, progress=False)  # nothing left to do
-    assert calls == []
-
-
-def test_diverged_run_is_recorded(tmp_path):
-    spec = tiny_spec(presets=("sp",), widths=(16,), lrs=(30.0,))
-    (rec,) = run_sweep(spec, tmp_path, jobs=1, progress=False)
-    assert rec["diverged"] is True
-    assert json.loads((tmp_path / "results.jsonl").read_text())["diverged"] is True
-
-
-def test_end_to_end_cli(tmp_path):
-    argv = [
-        "--widths", "16,32,64", "--lr-range=-9,-5", "--presets", "sp,mup", "--seeds", "0,1",
-        "--depth", "1", "--heads", "2", "--context", "16", "--batch", "4", "--base-width", "16",
-        "--tokens", "1024", "--max-bytes", "300000", "--device", "cpu", "--jobs", "1",
-        "--bootstrap", "20", "--no-progress", "--out", str(tmp_path),
-    ]  # fmt: skip
-    assert main(argv) == 0
-    assert len(load_results(tmp_path)) == 2 * 3 * 5 * 2
-    report = (tmp_path / "report.md").read_text()
-    assert "## sp" in report and "## mup" in report and "95% CI" in report
-    assert "Wall time of the sweep" in report
-    assert (tmp_path / "transfer.png").stat().st_size > 0
-    assert (tmp_path / "eta_star.png").stat().st_size > 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["presets"]) == {"sp", "mup"}
-    assert main(["--report-only", "--out", str(tmp_path), "--no-plots"]) == 0
-
-
-def test_cli_parsing():
-    a = transfer.build_parser().parse_args(
-        ["--quick", "--lrs", "2**-10,1e-3", "--tokens-per-param", "2", "--weight-decay", "0.1"]
-    )
-    spec = transfer.spec_from_args(a)
-    assert spec.lrs == (2.0**-10, 1e-3) and spec.name == "quick"
-    assert spec.tokens is None and spec.steps_for(64) > spec.steps_for(32)
-    assert spec.weight_decay == 0.1
-    with pytest.raises(SystemExit):
-        transfer.spec_from_args(transfer.build_parser().parse_args(["--presets", "nope"]))
-
-
-@pytest.mark.slow
-def test_process_pool(tmp_path):
-    recs = run_sweep(tiny_spec(), tmp_path, jobs=2, progress=False)
-    assert len(recs) == 8 and all(r["val_loss"] or r["diverged"] for r in recs)
