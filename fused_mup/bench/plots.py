@@ -38,9 +38,13 @@ def bandwidth_figure(results: dict[str, Any]):
     order = sorted(sizes, key=lambda w: (sizes[w], w))
     x = {w: i for i, w in enumerate(order)}
     fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(order) + 3.5), 5))
-    for name, pts in series.items():
+    colors = plt.get_cmap("tab20")
+    for i, (name, pts) in enumerate(series.items()):
         ws = [w for w in order if w in pts]
-        ax.plot([x[w] for w in ws], [pts[w] for w in ws], marker="o", label=name)
+        # fused_mup variants solid, baselines dashed; tab20 so no two lines share a color.
+        style = "-" if name.startswith("fused_mup") else "--"
+        ax.plot([x[w] for w in ws], [pts[w] for w in ws], marker="o", ls=style,
+                color=colors(i % 20), label=name)  # fmt: skip
     ax.axhline(results["copy"]["gbps"], color="k", ls="--", lw=1, label="copy bandwidth")
     ax.set_xticks(range(len(order)), [f"{w}\n{_human(sizes[w])}" for w in order], fontsize=8)
     ax.set_xlim(-0.5, len(order) - 0.5)
