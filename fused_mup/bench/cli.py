@@ -10,9 +10,25 @@ from pathlib import Path
 import torch
 
 from fused_mup.bench.environment import environment_info
+from fused_mup.bench.host_cost import (
+    HostCostConfig,
+    default_host_cost_dir,
+    format_host_cost,
+    host_workloads,
+    run_host_cost,
+)
 from fused_mup.bench.impls import default_impls
 from fused_mup.bench.results import default_out_dir, format_text_table
 from fused_mup.bench.run import BenchConfig, estimate_seconds, run
+from fused_mup.bench.step_ratio import (
+    CPU_WORKLOADS,
+    CUDA_WORKLOADS,
+    StepRatioConfig,
+    default_step_ratio_dir,
+    format_step_ratio,
+    ratio_workloads,
+    run_step_ratio,
+)
 from fused_mup.bench.workloads import QUICK_WORKLOADS, workloads
 
 __all__ = ["build_parser", "main"]
@@ -54,15 +70,32 @@ def build_parser() -> argparse.ArgumentParser:
         "Lists take commas or spaces: --impls fused_mup,torch_fused or --impls a b.",
     )
     size = p.add_argument_group("what to run")
-    size.add_argument(
+    mode = size.add_mutually_exclusive_group()
+    mode.add_argument(
         "--smoke",
         action="store_true",
         help="tiny workloads on the CPU in seconds (CI); the numbers mean nothing",
     )
-    size.add_argument(
+    mode.add_argument(
         "--quick",
         action="store_true",
         help=f"bounded run: workloads {','.join(QUICK_WORKLOADS)}, shorter timing",
+    )
+    mode.add_argument(
+        "--step-ratio",
+        action="store_true",
+        help="fused_mup vs torch fused (and foreach) step time, interleaved in one run; "
+        "single-threaded on the CPU. Workloads: "
+        + ",".join(CPU_WORKLOADS)
+        + " (CPU), "
+        + ",".join(CUDA_WORKLOADS)
+        + " (CUDA), or any bench workload",
+    )
+    mode.add_argument(
+        "--host-cost",
+        action="store_true",
+        help="host time per step() with the launches stubbed, fused_mup vs torch fused, "
+        "grads kept and grads new; workloads " + ",".join(host_workloads()),
     )
     size.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     size.add_argument(
@@ -99,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     timing = p.add_argument_group("timing")
     timing.add_argument(
+        "--rounds",
+        type=_positive(int),
+        default=None,
+        help="interleaved rounds for --step-ratio (default 30) and --host-cost (300)",
+    )
+    timing.add_argument(
         "--rep-ms", type=_positive(float), default=None, help="do_bench rep time (ms)"
     )
     timing.add_argument(
@@ -125,7 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--no-plot", action="store_true", help="skip bandwidth.png")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p  # fmt: skip
+    return p
+
+
+def _check_device(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.device is not None and args.device.split(":")[0] not in ("cpu", "cuda"):
+        parser.error(f"--device: expected cpu or cuda, got {args.device!r}")
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here; use --device cpu or --smoke")
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> BenchConfig:
@@ -135,12 +181,13 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     for option, names in (("--skip", skip), ("--impls", args.impls or [])):
         if bad := [n for n in names if n not in impl_names]:
             parser.error(f"{option}: unknown implementation(s) {bad}; known: {impl_names}")
-    if args.device is not None and args.device.split(":")[0] not in ("cpu", "cuda"):
-        parser.error(f"--device: expected cpu or cuda, got {args.device!r}")
-    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available here; use --device cpu or --smoke")
-    cfg = BenchConfig(skip=skip, amsgrad=args.amsgrad, plot=not args.no_plot,
-                      progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
+    _check_device(args, parser)
+    cfg = BenchConfig(
+        skip=skip,
+        amsgrad=args.amsgrad,
+        plot=not args.no_plot,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     cfg.impls = args.impls
     if args.smoke:
         cfg.smoke, cfg.device = True, args.device or "cpu"
@@ -152,8 +199,6 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     elif args.device:
         cfg.device = args.device
     if args.quick:
-        if args.smoke:
-            parser.error("--quick and --smoke: pick one")
         cfg.workloads = list(QUICK_WORKLOADS)
         cfg.rep_ms, cfg.warmup_ms, cfg.wall_reps = 50.0, 10.0, 10
     if args.workloads:
@@ -189,6 +234,46 @@ def _confirm_cpu_run(cfg: BenchConfig, yes: bool) -> str | None:
     )
 
 
+def _out_dir(args: argparse.Namespace, default: Path) -> Path:
+    return args.out if args.out is not None else default
+
+
+def _step_ratio(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    known = list(ratio_workloads())
+    if bad := [n for n in args.workloads or [] if n not in known]:
+        parser.error(f"--workloads: unknown workload(s) {bad} for --step-ratio; known: {known}")
+    cfg = StepRatioConfig(
+        device=str(device),
+        workloads=args.workloads,
+        progress=not args.no_progress,
+        out=_out_dir(args, default_step_ratio_dir(device)),
+    )
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+    results = run_step_ratio(cfg)
+    print(format_step_ratio(results) + f"\nwrote {cfg.out}/results.json, results.md")
+    return 0
+
+
+def _host_cost(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    device = torch.device(args.device or "cpu")
+    known = list(host_workloads())
+    if bad := [n for n in args.workloads or [] if n not in known]:
+        parser.error(f"--workloads: unknown workload(s) {bad} for --host-cost; known: {known}")
+    cfg = HostCostConfig(
+        device=str(device),
+        workloads=args.workloads,
+        progress=not args.no_progress,
+        out=_out_dir(args, default_host_cost_dir(device)),
+    )
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+    results = run_host_cost(cfg)
+    print(format_host_cost(results) + f"\nwrote {cfg.out}/results.json, results.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``fused-mup bench``: run, print the table, write JSON/markdown/PNG.
 
@@ -201,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.rounds is not None and not (args.step_ratio or args.host_cost):
+        parser.error("--rounds: only for --step-ratio and --host-cost")
+    _check_device(args, parser)
+    if args.step_ratio:
+        return _step_ratio(args, parser)
+    if args.host_cost:
+        return _host_cost(args, parser)
     cfg = config_from_args(args, parser)
     if (warning := _confirm_cpu_run(cfg, args.yes)) is not None:
         print(warning, file=sys.stderr)

@@ -46,6 +46,7 @@ class BuildContext:
     groups: list[dict[str, Any]]  # [{"params", "lr_mult", "wd_mult"}]
     device: torch.device
     amsgrad: bool = False
+    backend: str | None = None  # fused_mup's backend; None: fused_mup_backend(device)
 
 
 @dataclass
@@ -106,7 +107,7 @@ def _fused_mup_builder(
             eps=EPS,
             weight_decay=BASE_WD,
             amsgrad=ctx.amsgrad,
-            backend=fused_mup_backend(ctx.device),
+            backend=ctx.backend or fused_mup_backend(ctx.device),
             state_dtype=state_dtype,
             bf16_update=bf16_update,
         )

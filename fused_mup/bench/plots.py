@@ -43,8 +43,14 @@ def bandwidth_figure(results: dict[str, Any]):
         ws = [w for w in order if w in pts]
         # fused_mup variants solid, baselines dashed; tab20 so no two lines share a color.
         style = "-" if name.startswith("fused_mup") else "--"
-        ax.plot([x[w] for w in ws], [pts[w] for w in ws], marker="o", ls=style,
-                color=colors(i % 20), label=name)  # fmt: skip
+        ax.plot(
+            [x[w] for w in ws],
+            [pts[w] for w in ws],
+            marker="o",
+            ls=style,
+            color=colors(i % 20),
+            label=name,
+        )
     ax.axhline(results["copy"]["gbps"], color="k", ls="--", lw=1, label="copy bandwidth")
     ax.set_xticks(range(len(order)), [f"{w}\n{_human(sizes[w])}" for w in order], fontsize=8)
     ax.set_xlim(-0.5, len(order) - 0.5)
@@ -70,8 +76,9 @@ def overlapping_labels(fig) -> list[tuple[str, str]]:
         texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
         if (legend := ax.get_legend()) is not None:
             texts.append(legend)
-    boxes = [(getattr(t, "get_text", lambda: "legend")(), t.get_window_extent(renderer))
-             for t in texts]  # fmt: skip
+    boxes = [
+        (getattr(t, "get_text", lambda: "legend")(), t.get_window_extent(renderer)) for t in texts
+    ]
     return [
         (a, b)
         for i, (a, box_a) in enumerate(boxes)

@@ -153,8 +153,12 @@ def format_text_table(results: dict[str, Any]) -> str:
         lines += [_aligned(headers, widths)] + [_aligned(b, widths) for b in body]
         lines += ["  " + s for s in _not_run(rows)]
     judged = meta["device"].startswith("cuda") and not meta["smoke"]
-    lines += ["", "targets (ratios from this run; shown, not asserted"
-              + ("" if judged else "; not judged on the CPU") + "):"]  # fmt: skip
+    lines += [
+        "",
+        "targets (ratios from this run; shown, not asserted"
+        + ("" if judged else "; not judged on the CPU")
+        + "):",
+    ]
     lines += _target_lines(results)
     if meta["smoke"]:
         lines.append(SMOKE_NOTE)
@@ -197,8 +201,10 @@ def format_markdown(results: dict[str, Any]) -> str:
     lines.append("| id | workload | value | threshold | met | target |")
     lines.append("|---|---|---|---|---|---|")
     for t in results.get("targets", []):
-        lines.append(f"| `{t['id']}` | {t['workload']} | {_fmt(t['value'], '.3g')} {t['unit']} "
-                     f"| {t['threshold']:g} | {_MARK[t['met']]} | {t['target']} |")  # fmt: skip
+        lines.append(
+            f"| `{t['id']}` | {t['workload']} | {_fmt(t['value'], '.3g')} {t['unit']} "
+            f"| {t['threshold']:g} | {_MARK[t['met']]} | {t['target']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -260,8 +260,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     return results
 
 
-def _skip_reason(impl: Impl, w: Workload, cfg: BenchConfig, device: torch.device,
-                 elapsed_s: float) -> str | None:  # fmt: skip
+def _skip_reason(
+    impl: Impl, w: Workload, cfg: BenchConfig, device: torch.device, elapsed_s: float
+) -> str | None:
     if impl.name in cfg.skip:
         if cfg.smoke and impl.name == "torch_compile":
             return "skipped in smoke mode (compiling is slow on the CPU)"
@@ -293,8 +294,9 @@ def _run_workloads(
     with _progress(total, cfg.progress) as bar:
         for w in ws:
             w_impls = [i for i in impls if i.applies(w)]
-            blank = lambda status, w=w: Row(w.name, status[0], status[1], w.numel, w.n_tensors,
-                                            len(w.groups), w.mode)  # fmt: skip
+            blank = lambda status, w=w: Row(
+                w.name, status[0], status[1], w.numel, w.n_tensors, len(w.groups), w.mode
+            )
             need, free = w.estimate_bytes(cfg.amsgrad), free_memory_bytes(device)
             if free is not None and need > 0.9 * free:
                 results["skipped_workloads"][w.name] = (

@@ -32,13 +32,28 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     judged = str(results["meta"]["device"]).startswith("cuda") and not results["meta"]["smoke"]
     out: list[dict[str, Any]] = []
 
-    def add(tid: str, workload: str, value: float | None, threshold: float, unit: str,
-            at_most: bool = False) -> None:  # fmt: skip
+    def add(
+        tid: str,
+        workload: str,
+        value: float | None,
+        threshold: float,
+        unit: str,
+        at_most: bool = False,
+    ) -> None:
         met = None
         if judged and value is not None:
             met = value <= threshold if at_most else value >= threshold
-        out.append({"id": tid, "target": TARGETS[tid], "workload": workload, "value": value,
-                    "unit": unit, "threshold": threshold, "met": met})  # fmt: skip
+        out.append(
+            {
+                "id": tid,
+                "target": TARGETS[tid],
+                "workload": workload,
+                "value": value,
+                "unit": unit,
+                "threshold": threshold,
+                "met": met,
+            }
+        )
 
     def ratio(workload: str, ours: str, theirs: str, field: str) -> float | None:
         a, b = rows.get((workload, ours)), rows.get((workload, theirs))
@@ -51,8 +66,13 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("copy_fraction", w, r and r["frac_copy"], 0.9, "of copy")
     for w in _GPT2:
         add("mup_speedup", w, ratio(w, "fused_mup", BASELINE_IMPL, "device_ms"), 1.1, "x")
-    add("many_small_wall", "many-small",
-        ratio("many-small", "fused_mup", BASELINE_IMPL, "e2e_ms"), 2.0, "x")  # fmt: skip
+    add(
+        "many_small_wall",
+        "many-small",
+        ratio("many-small", "fused_mup", BASELINE_IMPL, "e2e_ms"),
+        2.0,
+        "x",
+    )
     for w in _GPT2:
         v = ratio(w, "fused_mup+amp+clip", "torch_fused+amp+clip", "e2e_ms")
         add("full_step", w, v, 1.5, "x")

@@ -15,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 __all__ = [
     "count_launches",
+    "interleaved_times",
     "device_time",
     "host_times",
     "measure_copy_bandwidth",
@@ -58,6 +59,47 @@ def host_times(fn: Callable[[], Any], device: torch.device, reps: int) -> list[f
         t0 = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t0) * 1e3)
+    sync(device)
+    return out
+
+
+def interleaved_times(
+    steps: dict[str, Callable[[], Any]],
+    device: torch.device,
+    rounds: int,
+    synchronized: bool = True,
+    before: Callable[[str], Any] | None = None,
+    on_round: Callable[[], Any] | None = None,
+) -> dict[str, list[float]]:
+    """Per-call times in ms of several step functions, interleaved: each round calls every
+    function once, starting from a different one each round, so a slow spell on a shared
+    machine hits all of them alike and no one always runs first.
+
+    Args:
+        steps: name -> function to time.
+        device: Where the functions run (synchronized before each call).
+        rounds: Calls per function.
+        synchronized: Sync after each call too (wall time); False times the host alone.
+        before: Called with the name before each call, outside the timing (e.g. new grads).
+        on_round: Called after each round (e.g. a progress bar's update).
+
+    Returns:
+        name -> ``rounds`` times in ms, round by round.
+    """
+    names = list(steps)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            if before is not None:
+                before(name)
+            sync(device)
+            t0 = time.perf_counter()
+            steps[name]()
+            if synchronized:
+                sync(device)
+            out[name].append((time.perf_counter() - t0) * 1e3)
+        if on_round is not None:
+            on_round()
     sync(device)
     return out
 
@@ -106,9 +148,12 @@ def _is_kernel(evt: Any, cpu_names: set[str]) -> bool:
 
 
 def measure_copy_bandwidth(
-    device: torch.device, nbytes: int, warmup_ms: float = 25.0, rep_ms: float = 100.0,
+    device: torch.device,
+    nbytes: int,
+    warmup_ms: float = 25.0,
+    rep_ms: float = 100.0,
     reps: int = 20,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Device-to-device copy bandwidth in GB/s, counting read + write (2 × nbytes).
 
     Args:

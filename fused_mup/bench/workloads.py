@@ -201,7 +201,8 @@ def many_small_workload(
         WorkloadGroup(f"g{k}", tuple(s), lr_mult=1.0 / (1 + k), wd_mult=0.0 if k % 2 else 1.0)
         for k, s in enumerate(shapes)
     )
-    desc = f"{n_tensors} tensors of {min_numel}-{max_numel} elements in {n_groups} groups"
+    sizes = f"{min_numel}-{max_numel}" if span else f"{min_numel:,}"
+    desc = f"{n_tensors:,} tensors of {sizes} elements in {n_groups} groups"
     return Workload(name, desc, groups, dtype, None)
 
 

@@ -35,8 +35,13 @@ def test_bytes_per_param(param, state, amsgrad, expected) -> None:
 def test_full_workloads_match_model_sizes() -> None:
     ws = bench.workloads(smoke=False)
     # Published sizes (tied embeddings): 124M, 355M, 1.3B, 1.24B, 3.21B.
-    expected = {"gpt2-124m": 124.4e6, "gpt2-350m": 354.8e6, "gpt2-1.3b": 1.31e9,
-                "llama-1b": 1.236e9, "llama-3b": 3.213e9}  # fmt: skip
+    expected = {
+        "gpt2-124m": 124.4e6,
+        "gpt2-350m": 354.8e6,
+        "gpt2-1.3b": 1.31e9,
+        "llama-1b": 1.236e9,
+        "llama-3b": 3.213e9,
+    }
     for name, n in expected.items():
         assert abs(ws[name].numel - n) / n < 0.01, (name, ws[name].numel)
         assert 4 <= len(ws[name].groups) <= 6
