@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from fused_mup import launcher
 from fused_mup.bench.environment import device_slug, environment_info
 from fused_mup.bench.impls import BASELINE_IMPL, BuildContext, default_impls
+from fused_mup.bench.progress import progress_bar
 from fused_mup.bench.results import write_json
 from fused_mup.bench.timing import interleaved_times, quantiles, sync
 from fused_mup.bench.workloads import Workload, allocate_params, many_small_workload
@@ -119,7 +119,7 @@ def _one(
     device: torch.device,
     cfg: HostCostConfig,
     counts: dict[str, int],
-    bar: tqdm | None,
+    bar: Any,
 ) -> dict[str, Any]:
     registry = {i.name: i for i in default_impls()}
     backend = "triton" if device.type == "cpu" else "auto"  # the kernel path, stubbed
@@ -159,7 +159,7 @@ def _one(
         cfg.rounds,
         synchronized=False,
         before=before,
-        on_round=bar.update if bar is not None else None,
+        on_round=bar.update,
     )
     us = {n: [1e3 * t for t in ts] for n, ts in times.items()}
     paired = [a / b for a, b in zip(us["fused_mup"], us[BASELINE_IMPL], strict=True)]
@@ -196,9 +196,7 @@ def run_host_cost(cfg: HostCostConfig) -> dict[str, Any]:
         total = len(names) * len(GRAD_MODES) * cfg.rounds
         with (
             stubbed_launches() as counts,
-            tqdm(
-                total=total, desc="host cost", unit="round", disable=not cfg.progress, leave=False
-            ) as bar,
+            progress_bar(total, "host cost", "round", cfg.progress) as bar,
         ):
             for name in names:
                 for mode in GRAD_MODES:

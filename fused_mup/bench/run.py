@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from fused_mup.bench.environment import environment_info, free_memory_bytes
 from fused_mup.bench.impls import (
@@ -22,6 +19,7 @@ from fused_mup.bench.impls import (
     default_impls,
     fused_mup_backend,
 )
+from fused_mup.bench.progress import progress_bar
 from fused_mup.bench.results import write_outputs
 from fused_mup.bench.targets import evaluate_targets
 from fused_mup.bench.timing import (
@@ -204,15 +202,6 @@ def _bench_one(
     return row
 
 
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[tqdm | None]:
-    if not enabled:
-        yield None
-        return
-    with tqdm(total=total, desc="bench", unit="run", file=sys.stderr, leave=False) as bar:
-        yield bar
-
-
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run the bench and return the results dict (what ``results.json`` holds).
 
@@ -291,7 +280,7 @@ def _run_workloads(
     t_start = time.perf_counter()
 
     total = sum(1 for w in ws for i in impls if i.applies(w))
-    with _progress(total, cfg.progress) as bar:
+    with progress_bar(total, "bench", "run", cfg.progress) as bar:
         for w in ws:
             w_impls = [i for i in impls if i.applies(w)]
             blank = lambda status, w=w: Row(
@@ -305,8 +294,7 @@ def _run_workloads(
                 results["rows"] += [
                     asdict(blank((i.name, "skipped: does not fit"))) for i in w_impls
                 ]
-                if bar is not None:
-                    bar.update(len(w_impls))
+                bar.update(len(w_impls))
                 continue
             try:
                 groups = allocate_params(w, device, cfg.seed)
@@ -320,12 +308,10 @@ def _run_workloads(
                 if reason is not None:
                     row = blank((impl.name, reason))
                 else:
-                    if bar is not None:
-                        bar.set_postfix_str(f"{w.name} {impl.name}")
+                    bar.set_postfix_str(f"{w.name} {impl.name}")
                     row = _bench_one(impl, w, groups, device, cfg)
                 rows.append(row)
-                if bar is not None:
-                    bar.update()
+                bar.update()
             _fill_relative(rows, copy_gbps)
             results["rows"].extend(asdict(r) for r in rows)
             del groups

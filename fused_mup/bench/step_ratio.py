@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from fused_mup.bench.environment import device_slug, environment_info
 from fused_mup.bench.impls import BASELINE_IMPL, BuildContext, default_impls
+from fused_mup.bench.progress import progress_bar
 from fused_mup.bench.results import write_json
 from fused_mup.bench.timing import interleaved_times, quantiles, sync
 from fused_mup.bench.workloads import (
@@ -70,7 +70,7 @@ class StepRatioConfig:
 
 
 def _one_workload(
-    w: Workload, device: torch.device, cfg: StepRatioConfig, bar: tqdm | None
+    w: Workload, device: torch.device, cfg: StepRatioConfig, bar: Any
 ) -> dict[str, Any]:
     registry = {i.name: i for i in default_impls()}
     steps, params = {}, {}
@@ -84,9 +84,7 @@ def _one_workload(
         for _ in range(cfg.warmup_steps):
             step()
     sync(device)
-    times = interleaved_times(
-        steps, device, cfg.rounds, on_round=bar.update if bar is not None else None
-    )
+    times = interleaved_times(steps, device, cfg.rounds, on_round=bar.update)
     base = times[BASELINE_IMPL]
     ms, ratio = {}, {}
     for name, ts in times.items():
@@ -138,13 +136,8 @@ def run_step_ratio(cfg: StepRatioConfig) -> dict[str, Any]:
             baseline=BASELINE_IMPL,
         )
         rows = []
-        with tqdm(
-            total=len(names) * cfg.rounds,
-            desc="step ratio",
-            unit="round",
-            disable=not cfg.progress,
-            leave=False,
-        ) as bar:
+        total = len(names) * cfg.rounds
+        with progress_bar(total, "step ratio", "round", cfg.progress) as bar:
             for name in names:
                 bar.set_postfix_str(name)
                 rows.append(_one_workload(all_w[name], device, cfg, bar))
