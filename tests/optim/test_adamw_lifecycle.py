@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from conftest import DEVICES, kernel_devices
+from devices import DEVICES, kernel_devices
 from tolerances import assert_close
 from torch import nn
 
@@ -362,7 +362,7 @@ def test_no_write_outside_params(device):
             p.grad = torch.randn_like(p)
         opt.step()
     # 12-byte offsets: the unaligned kernel variant ran (the others run the aligned one).
-    assert not opt._plan.buckets[0][0].states_aligned
+    assert not opt._planner.plan.buckets[0][0].states_aligned
     mask = torch.ones_like(buffer, dtype=torch.bool)
     offset = 3
     for n in sizes:
@@ -384,7 +384,7 @@ def test_mixed_dtypes_make_one_launch_each(device):
         ref.param_groups[0]["params"][0].grad = g.clone()
         opt.step()
         ref.step()
-    assert len(opt._plan.buckets) == 2
+    assert len(opt._planner.plan.buckets) == 2
     assert_close(a, ref.param_groups[0]["params"][0], FP32, "fp32 param beside a bf16 one")
 
 
