@@ -13,8 +13,9 @@ import torch
 from fused_mup import bench
 from fused_mup.bench.impls import BuildContext
 
-# fp32 (many small), bf16 params with fp32 states (llama), μP GPT-2 groups: every dtype mode.
-SMOKE_WORKLOADS = ("tiny-gpt2-d32", "tiny-llama-d32", "tiny-many-small")
+# fp32 with μP GPT-2 groups, bf16 params with fp32 states (llama): every dtype mode. Each
+# fused_mup step runs in Triton's interpreter here, so two workloads keep it under a minute.
+SMOKE_WORKLOADS = ("tiny-gpt2-d32", "tiny-llama-d32")
 
 
 @pytest.mark.parametrize(
@@ -95,10 +96,10 @@ def test_smoke_run_writes_outputs(tmp_path, capsys) -> None:
         for extra in ("apex", "te", "optimi"):
             assert (w, extra) in rows
         assert rows[(w, "torch_fused")]["launches"] is None  # "n/a" on CPU, never invented
-    assert rows[("tiny-many-small", "torch_fused")]["bytes_per_param"] == 28
+    assert rows[("tiny-gpt2-d32", "torch_fused")]["bytes_per_param"] == 28
     assert rows[("tiny-llama-d32", "torch_fused")]["bytes_per_param"] == 14  # torch: bf16 states
 
-    assert rows[("tiny-many-small", "fused_mup")]["status"] == "ok"
+    assert rows[("tiny-gpt2-d32", "fused_mup")]["status"] == "ok"
     assert rows[("tiny-llama-d32", "fused_mup")]["status"] == "ok"
     assert rows[("tiny-llama-d32", "fused_mup")]["bytes_per_param"] == 22
     assert rows[("tiny-llama-d32", "fused_mup:pstate")]["bytes_per_param"] == 14
@@ -106,12 +107,12 @@ def test_smoke_run_writes_outputs(tmp_path, capsys) -> None:
     assert rows[("tiny-llama-d32", "fused_mup:kahan")]["bytes_per_param"] == 26
     assert rows[("tiny-llama-d32", "fused_mup:stochastic")]["bytes_per_param"] == 22
     assert rows[("tiny-llama-d32", "fused_mup:master")]["bytes_per_param"] == 28
-    assert rows[("tiny-many-small", "fused_mup+clip")]["bytes_per_param"] == 32
-    assert rows[("tiny-many-small", "torch_fused+clip")]["bytes_per_param"] == 40
+    assert rows[("tiny-gpt2-d32", "fused_mup+clip")]["bytes_per_param"] == 32
+    assert rows[("tiny-gpt2-d32", "torch_fused+clip")]["bytes_per_param"] == 40
     # The full AMP step: 32 fused (the norm pass is the inf check), 48 for torch's sequence.
-    assert rows[("tiny-many-small", "fused_mup+amp+clip")]["status"] == "ok"
-    assert rows[("tiny-many-small", "fused_mup+amp+clip")]["bytes_per_param"] == 32
-    assert rows[("tiny-many-small", "torch_fused+amp+clip")]["bytes_per_param"] == 48
+    assert rows[("tiny-gpt2-d32", "fused_mup+amp+clip")]["status"] == "ok"
+    assert rows[("tiny-gpt2-d32", "fused_mup+amp+clip")]["bytes_per_param"] == 32
+    assert rows[("tiny-gpt2-d32", "torch_fused+amp+clip")]["bytes_per_param"] == 48
     assert res["targets"] and all(t["met"] is None for t in res["targets"])  # not judged on CPU
 
     md = (out / "results.md").read_text()
