@@ -19,8 +19,10 @@
 # Written for a bare GPU box with no network (torch, triton, pytest, matplotlib, tqdm
 # installed) and 10 minutes per call: every phase has its own timeout, a failing phase does
 # not stop the others, and OUTDIR/status.txt gets "<phase> rc=<code> seconds=<s>" for each.
-# The worst case of all phases is ~570 s; split them over two calls if a call is shorter,
-# e.g. "OUTDIR install check device tests" then "OUTDIR bench ratio host pybench".
+# All phases at their default timeouts fit in ~590 s. For a fuller run, split them over two
+# calls with longer timeouts, e.g.
+#   TESTS_TIMEOUT=420 bench/gpu_check.sh OUTDIR install check device tests
+#   BENCH_TIMEOUT=360 bench/gpu_check.sh OUTDIR bench ratio host pybench
 #
 # Env overrides: PYTHON, TESTS (pytest paths), BENCH_ARGS, and the *_TIMEOUT values below.
 # DRY_RUN=1 runs the same phases on the CPU (check and benches with --device cpu, smoke
@@ -39,12 +41,13 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
 PY=${PYTHON:-python}
-CHECK_TIMEOUT=${CHECK_TIMEOUT:-60}
+INSTALL_TIMEOUT=${INSTALL_TIMEOUT:-40}
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-90}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-150}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-180}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-160}
 RATIO_TIMEOUT=${RATIO_TIMEOUT:-45}
 HOST_TIMEOUT=${HOST_TIMEOUT:-30}
-PYBENCH_TIMEOUT=${PYBENCH_TIMEOUT:-30}
+PYBENCH_TIMEOUT=${PYBENCH_TIMEOUT:-25}
 if [[ -n ${DRY_RUN:-} ]]; then
     DEVICE=cpu
     BENCH_ARGS=${BENCH_ARGS:---smoke --wall-reps 1 --workloads tiny-gpt2-d32,tiny-many-small}
@@ -56,7 +59,7 @@ else
     DEVICE=cuda
     # --quick: gpt2-124m, gpt2-1.3b, llama-1b, many-small, shorter timing; --budget-s: stop
     # starting new runs well before the timeout; compiling the 1,024-tensor step takes minutes.
-    BENCH_ARGS=${BENCH_ARGS:---quick --budget-s $((BENCH_TIMEOUT - 50)) --compile-max-tensors 400}
+    BENCH_ARGS=${BENCH_ARGS:---quick --budget-s $((BENCH_TIMEOUT - 45)) --compile-max-tensors 400}
     RATIO_ARGS="--rounds 30"
     HOST_ARGS="--rounds 300"
 fi
@@ -84,9 +87,9 @@ run() {
 
 # 1. Install without touching the network (falls back to a non-editable install).
 if want install; then
-    run install 120 "$PY" -m pip install --no-deps --no-build-isolation -e .
+    run install "$INSTALL_TIMEOUT" "$PY" -m pip install --no-deps --no-build-isolation -e .
     if ! tail -n1 "$STATUS" | grep -q "rc=0 "; then
-        run install_noneditable 120 "$PY" -m pip install --no-deps --no-build-isolation .
+        run install_noneditable "$INSTALL_TIMEOUT" "$PY" -m pip install --no-deps --no-build-isolation .
     fi
 fi
 
