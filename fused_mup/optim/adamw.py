@@ -19,9 +19,10 @@ from fused_mup import launcher
 from fused_mup.kernels.tables import ClipSlot, Update
 from fused_mup.launcher import KernelConfig
 from fused_mup.optim.clip import PendingClip, fused_grad_norm, take_scaler
+from fused_mup.optim.cpu_fused import cpu_fused_step
 from fused_mup.optim.group_table import GroupTables, group_row, group_scalars
 from fused_mup.optim.modes import update_mode
-from fused_mup.optim.plan import Plan, Planner, real_view
+from fused_mup.optim.plan import Plan, Planner, cpu_fused_grads, real_view
 from fused_mup.optim.state import CountingStateDict
 from fused_mup.optim.validation import (
     BACKENDS,
@@ -293,7 +294,7 @@ class AdamW(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         plan = self._planner.current(self, grads)
         devices = {b.key.device for b, _ in plan.buckets} | {
-            params[ref.flat].device for ref in plan.plain
+            params[i].device for i in plan.unlaunched
         }
         if not devices:
             return torch.zeros(())
@@ -355,10 +356,11 @@ def adamw(
     found_inf: Tensor | None,
     clip: Tensor | None,
 ) -> None:
-    """One step of ``plan``: a launch per kernel bucket, the plain twin for the rest."""
+    """One step of ``plan``: a launch per kernel bucket, torch's fused CPU kernel per group for
+    the CPU tensors it takes, the plain twin for the rest."""
     groups = opt.param_groups
     capturable = any(g["capturable"] for g in groups)
-    values = group_scalars(groups) if plan.plain or not capturable else []
+    values = group_scalars(groups) if plan.unlaunched or not capturable else []
     for bucket, _ in plan.buckets:
         device = bucket.key.device
         scale, inf = opt._amp_tensors(device, grad_scale, found_inf)
@@ -367,6 +369,18 @@ def adamw(
         else:
             table = opt._group_tables.get(device, values)
         launcher.launch(bucket, table, scale, inf, opt.kernel_config, clip=clip, seed=opt.seed)
+
+    if plan.cpu_fused:
+        params = [p for group in groups for p in group["params"]]
+        for fused in plan.cpu_fused:
+            cpu_fused_step(
+                fused,
+                cpu_fused_grads(plan, fused, params, grads),
+                group_row(values, fused.group),
+                grad_scale,
+                found_inf,
+                clip,
+            )
 
     for ref in plan.plain:
         group = groups[ref.group]

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from fused_mup import launcher
 from fused_mup.launcher import Bucket, BucketKey, KernelConfig, TensorSlot
+from fused_mup.optim.cpu_fused import CpuFusedGroup, takes
 from fused_mup.optim.modes import update_mode
 from fused_mup.optim.state import CountingStateDict, prepare_state
 from fused_mup.optim.validation import KERNEL_DTYPES
@@ -28,6 +29,7 @@ except ImportError:  # pragma: no cover - torch built without distributed
 
 __all__ = [
     "ParamRef",
+    "cpu_fused_grads",
     "Plan",
     "Planner",
     "local",
@@ -120,8 +122,10 @@ class Plan:
     grad_addresses: list[int]
     buckets: list[tuple[Bucket, list[int]]]  # a launch and the flat indices of its slots
     plain: list[ParamRef]  # params updated by the plain-torch twin
+    cpu_fused: list[CpuFusedGroup]  # CPU params updated by torch's fused kernel, per group
     switches: list[tuple]  # per group: the keys that pick a bucket (compile-time switches)
     grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
+    unlaunched: list[int] = field(default_factory=list)  # flat indices not in a kernel bucket
     sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
     sizes: list[int] = field(default_factory=list)  # numel per param with a grad, -1 without
     config: KernelConfig | None = None  # the tile sizes the chunk tables were built with
@@ -215,13 +219,29 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
 
     by_key: dict[BucketKey, tuple[list[TensorSlot], list[int], list[int]]] = {}
     plain: list[ParamRef] = []
+    fused: dict[int, CpuFusedGroup] = {}
     grad_copies: dict[int, bool] = {}
     for ref, p, g, where, use in entries:
         group = opt.param_groups[ref.group]
         mode = update_mode(p, group, where)
         state = prepare_state(opt.state[p], p, group, mode, opt.state_dtype, where)
         if not use:
-            plain.append(ref)
+            real, exp_avg = real_view(p), real_view(state["exp_avg"])
+            if opt.backend == "auto" and takes(real, exp_avg, mode.code, is_dense(real)):
+                amsgrad = bool(group["amsgrad"])
+                fg = fused.setdefault(
+                    ref.group, CpuFusedGroup(ref.group, amsgrad, bool(group["maximize"]))
+                )
+                fg.flat.append(ref.flat)
+                fg.params.append(real)
+                fg.exp_avgs.append(exp_avg)
+                fg.exp_avg_sqs.append(real_view(state["exp_avg_sq"]))
+                if amsgrad:
+                    fg.max_exp_avg_sqs.append(real_view(state["max_exp_avg_sq"]))
+                fg.steps.append(state["step"])
+                grad_copies[ref.flat] = local(g).stride() != local(p).stride()
+            else:
+                plain.append(ref)
             continue
         exp_avg = real_view(state["exp_avg"])
         key = BucketKey(
@@ -258,12 +278,35 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
         grad_addresses=[local(g).data_ptr() if g is not None else -1 for g in grads],
         buckets=buckets,
         plain=plain,
+        cpu_fused=list(fused.values()),
+        unlaunched=sorted([r.flat for r in plain] + [i for fg in fused.values() for i in fg.flat]),
         switches=_switches(opt.param_groups),
         sharded=_shard_group(entries),
         has_dtensor=DTensor is not None and any(isinstance(e.param, DTensor) for e in entries),
         grad_copy_any=any(grad_copies.values()),
         grad_copies=grad_copies,
     )
+
+
+def _grad_like_param(param: Tensor, grad: Tensor) -> Tensor:
+    """A copy of ``grad`` with the param's strides, for a grad laid out differently: the
+    kernels walk both in memory order."""
+    copy = torch.empty_like(local(param))
+    copy.copy_(local(grad))
+    return copy
+
+
+def cpu_fused_grads(
+    plan: Plan, fused: CpuFusedGroup, params: list[Tensor], grads: list[Tensor | None]
+) -> list[Tensor]:
+    """This step's grads of one torch-fused group, as real views with the params' strides."""
+    out = []
+    for i in fused.flat:
+        g = grads[i]
+        if plan.grad_copy_any and plan.grad_copies.get(i):
+            g = _grad_like_param(params[i], g)
+        out.append(real_view(g))
+    return out
 
 
 class Planner:
@@ -342,11 +385,8 @@ class Planner:
                 for i in flat_indices:
                     g = grads[i]
                     if plan.grad_copies.get(i):
-                        # A copy with the param's strides, for a grad laid out differently.
-                        copy = torch.empty_like(local(params[i]))
-                        copy.copy_(local(g))
-                        refs.append(copy)
-                        g = copy
+                        g = _grad_like_param(params[i], g)
+                        refs.append(g)
                     addresses.append(local(g).data_ptr())
             else:
                 addresses = [plan.grad_addresses[i] for i in flat_indices]
