@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=_positive(int),
         default=None,
-        help="interleaved rounds for --step-ratio (default 30) and --host-cost (300)",
+        help="interleaved rounds for --step-ratio (default 50) and --host-cost (300)",
     )
     timing.add_argument(
         "--rep-ms", type=_positive(float), default=None, help="do_bench rep time (ms)"

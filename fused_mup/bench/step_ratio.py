@@ -61,7 +61,7 @@ class StepRatioConfig:
 
     device: str = "cpu"
     workloads: Sequence[str] | None = None  # None: CPU_WORKLOADS or CUDA_WORKLOADS
-    rounds: int = 30
+    rounds: int = 50
     warmup_steps: int = 3
     threads: int | None = 1  # CPU intra-op threads during the run; None: leave as is
     progress: bool = True
