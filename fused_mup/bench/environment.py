@@ -32,7 +32,7 @@ def _git_commit() -> str | None:
             check=True,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
             cwd=root,
             capture_output=True,
             text=True,
