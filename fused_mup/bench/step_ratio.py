@@ -86,12 +86,13 @@ def _one_workload(
     sync(device)
     times = interleaved_times(steps, device, cfg.rounds, on_round=bar.update)
     base = times[BASELINE_IMPL]
-    ms, ratio = {}, {}
+    ms, ratio, spread = {}, {}, {}
     for name, ts in times.items():
         med, p20, p80 = quantiles(ts)
         ms[name] = {"median": med, "p20": p20, "p80": p80}
         paired = [a / b for a, b in zip(ts, base, strict=True)]
         ratio[name] = statistics.median(paired)
+        spread[name] = quantiles(paired)[1:]  # p20, p80 of the per-round ratios
     # Same math: every copy must end where torch fused ended.
     worst = max(
         (a - b).abs().max().item()
@@ -107,6 +108,7 @@ def _one_workload(
         "mode": w.mode,
         "ms": ms,
         "ratio_vs_torch_fused": ratio,
+        "ratio_p20_p80": spread,
         "max_abs_param_diff": worst,
     }
 
@@ -156,6 +158,14 @@ def default_step_ratio_dir(device: torch.device) -> Path:
     return Path("bench") / "results" / f"{device_slug({'device': str(device)})}-step-ratio"
 
 
+def _ratio_cell(row: dict[str, Any], impl: str) -> str:
+    value = f"{row['ratio_vs_torch_fused'][impl]:.2f}"
+    if impl == "fused_mup":
+        value = f"**{value}**"
+    p20, p80 = row["ratio_p20_p80"][impl]
+    return f"{value} ({p20:.2f}–{p80:.2f})"
+
+
 def format_step_ratio(results: dict[str, Any]) -> str:
     """Markdown: environment, then one row per workload with times and ratios."""
     meta = results["meta"]
@@ -170,8 +180,8 @@ def format_step_ratio(results: dict[str, Any]) -> str:
         f"- load average before {meta['load_average']}, after {meta.get('load_average_after')}",
         f"- {meta['rounds']} interleaved rounds after {meta['warmup_steps']} warm-up steps; "
         "each implementation steps its own copy of the same params and grads",
-        "- ratio: median over rounds of time(impl) / time(torch fused) in the same round; "
-        "below 1 is faster than torch fused",
+        "- ratio: median over rounds of time(impl) / time(torch fused) in the same round "
+        "(p20–p80 of the per-round ratios in brackets); below 1 is faster than torch fused",
         "",
         "| workload | tensors | params | groups | "
         + " | ".join(f"{i} ms" for i in impls)
@@ -182,13 +192,7 @@ def format_step_ratio(results: dict[str, Any]) -> str:
     ]
     for r in results["rows"]:
         ms = " | ".join(f"{r['ms'][i]['median']:.2f}" for i in impls)
-        ratio = " | ".join(
-            f"**{r['ratio_vs_torch_fused'][i]:.2f}**"
-            if i == "fused_mup"
-            else f"{r['ratio_vs_torch_fused'][i]:.2f}"
-            for i in impls
-            if i != meta["baseline"]
-        )
+        ratio = " | ".join(_ratio_cell(r, i) for i in impls if i != meta["baseline"])
         lines.append(
             f"| {r['workload']} | {r['n_tensors']} | {r['numel']:,} | "
             f"{r['n_groups']} | {ms} | {ratio} |"
