@@ -10,7 +10,7 @@ __all__ = ["main"]
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("fused_mup.benchmark", "optimizer-step latency and bandwidth benchmarks"),
+    "bench": ("fused_mup.bench", "AdamW step timings against torch and others"),
     "coord-check": ("fused_mup.coord_check", "activation scale per layer across widths"),
     "transfer": ("fused_mup.transfer", "width x LR sweep and the transfer metrics E, kappa, R_inf"),
 }
