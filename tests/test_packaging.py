@@ -41,6 +41,10 @@ def test_wheel_contains_fused_mup_kernels_and_no_top_level_kernels(tmp_path):
     top_level = {n.split("/")[0] for n in names}
     assert "kernels" not in top_level, sorted(top_level)
     assert {"fused_mup"} <= top_level
+    # Every subpackage of the source tree ships (pyproject lists them one by one).
+    for init in (ROOT / "fused_mup").rglob("__init__.py"):
+        name = init.relative_to(ROOT).as_posix()
+        assert name in names, f"{name} is missing from the wheel: add it to pyproject's packages"
 
     # Installed from the wheel (ahead of the editable install on sys.path), it imports.
     target = tmp_path / "site"
