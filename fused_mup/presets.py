@@ -314,8 +314,8 @@ def param_groups(
     base_model: nn.Module | None = None,
     delta_model: nn.Module | None = None,
     width_mult: float | None = None,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
+    lr: float | None = None,
+    weight_decay: float | None = None,
     weight_decay_mode: str = "coupled",
     decay: Mapping[str, float] | None = None,
     overrides: Mapping[str, str] | None = None,
@@ -343,8 +343,10 @@ def param_groups(
         base_model: smaller instance of the same architecture (see :func:`param_roles`).
         delta_model: optional second reference instance, as in mup's ``set_base_shapes``.
         width_mult: scalar ``m`` instead of ``base_model``.
-        lr: base (peak) learning rate, stored as each group's ``lr``.
-        weight_decay: base weight decay, stored as each group's ``weight_decay``.
+        lr: base (peak) learning rate, stored as each group's ``lr``. Left out of the groups
+            when not given, so the optimizer's ``lr=`` (or its default) applies, as in torch.
+        weight_decay: base weight decay, stored as each group's ``weight_decay``; likewise
+            inherited from the optimizer when not given.
         weight_decay_mode: ``"coupled"`` (torch's rule) or ``"independent"``.
         decay: per-role decay factors merged over :data:`DEFAULT_DECAY` (e.g.
             ``{"vector": 1.0}`` decays everything, as MuAdamW does).
@@ -357,12 +359,13 @@ def param_groups(
         **group_options: extra keys copied into every group (e.g. ``betas``).
 
     Returns:
-        A list of group dicts with ``params``, ``param_names``, ``lr``, ``weight_decay``,
-        ``lr_mult``, ``wd_mult``, ``weight_decay_mode``, ``role``, ``width_mult``, ``preset``.
+        A list of group dicts with ``params``, ``param_names``, ``lr`` and ``weight_decay``
+        (only when passed), ``lr_mult``, ``wd_mult``, ``weight_decay_mode``, ``role``, ``width_mult``, ``preset``.
 
     Raises:
         ValueError: see :func:`param_roles`; also a non-``sp`` preset without ``base_model`` or
-            ``width_mult``, an unknown preset / mode / decay role.
+            ``width_mult``, an unknown preset / mode / decay role, ``bake=True`` without
+            ``lr`` and ``weight_decay`` (the values it folds the multipliers into).
     """
     name, exps = _exponents(preset)
     if weight_decay_mode not in _WD_MODES:
@@ -373,6 +376,13 @@ def param_groups(
     if bad:
         raise ValueError(f"decay has unknown roles {sorted(bad)}; roles are {ROLES}")
     dec = {**DEFAULT_DECAY, **(decay or {})}
+    if bake and (lr is None or weight_decay is None):
+        raise ValueError(
+            "bake=True folds the multipliers into lr and weight_decay, so pass both "
+            "(e.g. param_groups(model, preset, lr=3e-3, weight_decay=0.1, bake=True))"
+        )
+    # Only what the caller set: unset keys inherit the optimizer's defaults, as in torch.
+    base_hp = {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
 
     infos = param_roles(
         model,
@@ -394,8 +404,7 @@ def param_groups(
                 **group_options,
                 "params": [],
                 "param_names": [],
-                "lr": lr,
-                "weight_decay": weight_decay,
+                **base_hp,
                 "lr_mult": lr_mult,
                 "wd_mult": dec[info.role] * width_wd,
                 "weight_decay_mode": weight_decay_mode,

@@ -404,6 +404,13 @@ def test_bake_independent_decay_with_scheduler() -> None:
             torch.testing.assert_close(p.detach(), torch.full_like(p, x), rtol=1e-5, atol=1e-6)
 
 
+def test_bake_needs_lr_and_weight_decay() -> None:
+    with pytest.raises(ValueError, match="pass both"):
+        param_groups(mlp(8), "sp", lr=1e-3, bake=True)
+    with pytest.raises(ValueError, match="pass both"):
+        param_groups(mlp(8), "sp", weight_decay=0.1, bake=True)
+
+
 def test_bake_independent_lr_zero_raises() -> None:
     with pytest.raises(ValueError, match="lr=0"):
         param_groups(
@@ -510,7 +517,7 @@ def test_mup_matches_real_muadamw(width: int, with_delta: bool) -> None:
 def test_no_tensor_attributes() -> None:
     model = GPT2Like(32)
     before = [set(vars(p)) for p in model.parameters()]
-    param_groups(model, "mup", base_model=GPT2Like(8), bake=True)
+    param_groups(model, "mup", base_model=GPT2Like(8), lr=1e-3, weight_decay=0.0, bake=True)
     assert [set(vars(p)) for p in model.parameters()] == before
 
 
@@ -626,3 +633,61 @@ def test_width_equal_to_vocab_still_finds_the_head_by_type():
     roles = {k: v.role for k, v in fused_mup.param_roles(ByteLM(), width_mult=4.0).items()}
     assert roles["head.weight"] == "readout"
     assert roles["q.weight"] == roles["down.weight"] == "hidden"
+
+
+# --------------------------------------------------------------------------------------------
+# The optimizer's defaults apply to keys param_groups was not given (issue 10, item 5)
+# --------------------------------------------------------------------------------------------
+
+
+def test_optimizer_lr_and_weight_decay_reach_groups() -> None:
+    """The torch habit `AdamW(param_groups(model, "sp"), lr=3e-3, weight_decay=0.1)` trains at
+    lr 3e-3 with decay 0.1 (vectors undecayed, the preset's documented default), step for step
+    as torch.optim.AdamW given the same two groups by hand."""
+    torch.manual_seed(0)
+    model, twin = mlp(16), mlp(16)
+    twin.load_state_dict(model.state_dict())
+    groups = param_groups(model, "sp")
+    assert all("lr" not in g and "weight_decay" not in g for g in groups)
+    opt = fused_mup.AdamW(groups, lr=3e-3, weight_decay=0.1)
+    assert {(g["lr"], g["weight_decay"]) for g in opt.param_groups} == {(3e-3, 0.1)}
+    matrices = [p for p in twin.parameters() if p.ndim == 2]
+    vectors = [p for p in twin.parameters() if p.ndim < 2]
+    ref = torch.optim.AdamW(
+        [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}], lr=3e-3, weight_decay=0.1
+    )
+    w0 = model[0].weight.detach().clone()
+    for _ in range(3):
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            a.grad = torch.full_like(a, 0.5)
+            b.grad = torch.full_like(b, 0.5)
+        opt.step()
+        ref.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # A constant grad moves a weight by lr per step (up to eps); decay shrinks it by lr * wd.
+    want = w0
+    for _ in range(3):
+        want = want * (1 - 3e-3 * 0.1) - 3e-3
+    torch.testing.assert_close(model[0].weight.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_defaults_when_nothing_passed() -> None:
+    """No lr / weight_decay anywhere: torch's own defaults (1e-3, 0.01), not ours."""
+    opt = torch.optim.AdamW(param_groups(mlp(8), "sp"))
+    assert {(g["lr"], g["weight_decay"]) for g in opt.param_groups} == {(1e-3, 1e-2)}
+    fopt = fused_mup.AdamW(param_groups(mlp(8), "sp"))
+    assert {(g["lr"], g["weight_decay"]) for g in fopt.param_groups} == {(1e-3, 1e-2)}
+
+
+def test_explicit_group_values_win_over_optimizer_defaults() -> None:
+    opt = torch.optim.AdamW(param_groups(mlp(8), "sp", lr=1e-2, weight_decay=0.0), lr=3e-3)
+    assert {(g["lr"], g["weight_decay"]) for g in opt.param_groups} == {(1e-2, 0.0)}
+
+
+def test_mup_groups_inherit_lr_and_keep_multipliers() -> None:
+    """mup with the optimizer's lr: effective lr is still lr * lr_mult per role."""
+    model = mlp(64)
+    opt = torch.optim.AdamW(param_groups(model, "mup", base_model=mlp(16)), lr=4e-3)
+    eff = {g["role"]: g["lr"] * g["lr_mult"] for g in opt.param_groups}
+    assert eff["hidden"] == 1e-3 and eff["embedding"] == 4e-3
