@@ -35,7 +35,16 @@ _EXPORTS: dict[str, str] = {
     "scale_readout_": "fused_mup.presets",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AdamW",
+    "OutputScale",
+    "attention_scale",
+    "create_optimizer",
+    "mup_init_",
+    "param_groups",
+    "param_roles",
+    "scale_readout_",
+]
 
 
 def __getattr__(name: str) -> Any:

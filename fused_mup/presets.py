@@ -360,7 +360,8 @@ def param_groups(
 
     Returns:
         A list of group dicts with ``params``, ``param_names``, ``lr`` and ``weight_decay``
-        (only when passed), ``lr_mult``, ``wd_mult``, ``weight_decay_mode``, ``role``, ``width_mult``, ``preset``.
+        (only when passed), ``lr_mult``, ``wd_mult``, ``weight_decay_mode``, ``role``,
+        ``width_mult``, ``preset``.
 
     Raises:
         ValueError: see :func:`param_roles`; also a non-``sp`` preset without ``base_model`` or
