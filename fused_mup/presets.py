@@ -32,6 +32,7 @@ __all__ = [
     "param_groups",
     "param_roles",
     "scale_readout_",
+    "unwrap_model",
 ]
 
 ROLES: tuple[str, ...] = ("embedding", "hidden", "readout", "vector")
@@ -53,6 +54,10 @@ DEFAULT_DECAY: dict[str, float] = {"embedding": 1.0, "hidden": 1.0, "readout": 1
 
 _WD_MODES = ("coupled", "independent")
 _TIED_POLICIES = ("embedding", "readout")
+
+
+class _TieError(ValueError):
+    """A tied embedding/readout tensor without a ``tied=`` policy."""
 
 
 class ParamInfo(NamedTuple):
@@ -79,20 +84,75 @@ def _is_mureadout(module: nn.Module) -> bool:
     return any(c.__name__ == "MuReadout" for c in type(module).__mro__)
 
 
+def _is_conv1d(module: nn.Module) -> bool:
+    # HF transformers' Conv1D (GPT-2): a Linear whose weight is stored (in_features, out_features).
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.nf if _is_conv1d(module) else module.out_features
+
+
+# Attribute names wrappers put between the user's modules: torch.compile, activation
+# checkpointing, FSDP1. Dropped from parameter names so that they match the base model's.
+_WRAPPER_ATTRS = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside ``torch.compile``, DDP and ``DataParallel`` wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(
+            getattr(model, "_orig_mod", None), nn.Module
+        ):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _canonical(name: str) -> str:
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_ATTRS)
+
+
+def _named_params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``named_parameters(remove_duplicate=False)`` with wrapper attributes dropped."""
+    out = []
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if n.endswith("_flat_param"):
+            raise ValueError(
+                f"parameter {n!r} is an FSDP1 flat parameter, whose shape says nothing about "
+                "roles: build the groups before wrapping, or shard with fully_shard (FSDP2)"
+            )
+        out.append((_canonical(n), p))
+    return out
+
+
 def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Full parameter name -> (owning module, local name), tied names included."""
     out: dict[str, tuple[nn.Module, str]] = {}
     for mod_name, mod in model.named_modules(remove_duplicate=False):
         for local, p in mod.named_parameters(recurse=False):
             if p is not None:
-                out[f"{mod_name}.{local}" if mod_name else local] = (mod, local)
+                out[_canonical(f"{mod_name}.{local}" if mod_name else local)] = (mod, local)
     return out
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     # p.shape is the global shape for DTensor params (FSDP2), so presets agree before and
-    # after fully_shard. Never to_local().
-    return {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    # after fully_shard. Never to_local(). Conv1D weights are reported as (out, in).
+    owners = _owners(model)
+    out = {}
+    for n, p in _named_params(model):
+        shape = tuple(p.shape)
+        if _is_conv1d(owners[n][0]) and owners[n][1] == "weight":
+            shape = (shape[1], shape[0], *shape[2:])
+        out[n] = shape
+    return out
 
 
 class _Structure:
@@ -103,12 +163,12 @@ class _Structure:
         embs = [m for _, m in mods if isinstance(m, nn.Embedding)]
         # The token table is the largest one (positional tables are smaller than a vocab).
         vocab = {max(e.num_embeddings for e in embs)} if embs else set()
-        linears = [m for _, m in mods if isinstance(m, nn.Linear)]
+        linears = [m for _, m in mods if _is_linear(m)]
         readouts = [m for m in linears if _is_mureadout(m)]
         if not readouts:
             # The last Linear onto the vocab: when the width equals the vocab size (a byte-level
             # model at d = 256), hidden d x d Linears match it too, and the head comes last.
-            readouts = [m for m in linears if m.out_features in vocab][-1:]
+            readouts = [m for m in linears if _out_features(m) in vocab][-1:]
         inputs: list[nn.Module] = []
         if not embs and linears:
             # No embedding table (e.g. a plain MLP): first Linear reads the input, last
@@ -124,7 +184,9 @@ class _Structure:
             return "vector"
         if isinstance(module, nn.Embedding):
             return "embedding"
-        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and local == "weight":
+        if (
+            _is_linear(module) or isinstance(module, nn.modules.conv._ConvNd)
+        ) and local == "weight":
             is_in, is_out = id(module) in self.input_ids, id(module) in self.readout_ids
             if is_in and is_out:
                 return None  # a single Linear is both input and readout
@@ -200,12 +262,15 @@ def param_roles(
         if role not in ROLES:
             raise ValueError(f"override {pat!r} -> {role!r}: role must be one of {ROLES}")
 
+    model = unwrap_model(model)
+    base_model = None if base_model is None else unwrap_model(base_model)
+    delta_model = None if delta_model is None else unwrap_model(delta_model)
     owners = _owners(model)
     shapes = _shapes(model)
     structure = _Structure(model)
     # Group all names of one tensor (ties), keep first-seen order; skip frozen params.
     by_tensor: dict[int, tuple[torch.Tensor, list[str]]] = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
+    for n, p in _named_params(model):
         if p.requires_grad:
             by_tensor.setdefault(id(p), (p, []))[1].append(n)
 
@@ -269,7 +334,7 @@ def param_roles(
             pairs = ", ".join(f"{n!r} ({r})" for n, (r, _) in zip(names, per_name, strict=True))
             if roles == {"embedding", "readout"}:
                 if tied is None:
-                    raise ValueError(
+                    raise _TieError(
                         f"tied embedding/readout weight: {pairs} are one tensor. Pass "
                         f"tied='embedding' or tied='readout' to choose its role, or untie them"
                     )
@@ -352,6 +417,9 @@ def param_groups(
             ``{"vector": 1.0}`` decays everything, as MuAdamW does).
         overrides: ``{glob pattern: role}`` on parameter names.
         tied: role for a tied embedding/readout tensor (``"embedding"`` or ``"readout"``).
+            Needed only where the preset treats the two roles differently (``mup_lr``,
+            ``sp_emb``, ``sp_emb_sqrt``, or a ``decay`` that differs); otherwise a tie is an
+            ``"embedding"``, as microsoft/mup's ``MuSharedReadout`` treats it.
         bake: fold the multipliers into plain ``lr`` / ``weight_decay`` (``lr_mult`` and
             ``wd_mult`` become 1, mode ``"coupled"``) so any torch optimizer runs them. For
             independent decay the baked ``weight_decay`` is ``wd_eff / lr_eff``, which is exact
@@ -385,15 +453,27 @@ def param_groups(
     # Only what the caller set: unset keys inherit the optimizer's defaults, as in torch.
     base_hp = {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
 
-    infos = param_roles(
-        model,
-        base_model=base_model,
-        delta_model=delta_model,
-        width_mult=width_mult,
-        overrides=overrides,
-        tied=tied,
-    )
-    params = {n: p for n, p in model.named_parameters(remove_duplicate=False)}
+    same = exps["embedding"] == exps["readout"] and dec["embedding"] == dec["readout"]
+    try:
+        infos = param_roles(
+            model,
+            base_model=base_model,
+            delta_model=delta_model,
+            width_mult=width_mult,
+            overrides=overrides,
+            # Where both roles get the same numbers, a tie is the embedding: mup's
+            # MuSharedReadout convention, and mup_init_ then never zeroes it.
+            tied=tied or ("embedding" if same else None),
+        )
+    except _TieError as exc:
+        m_e, m_r = exps["embedding"], exps["readout"]
+        raise ValueError(
+            f"{exc} Under preset {name!r} the role changes the numbers (lr_mult m^{m_e:g} as "
+            f"embedding, m^{m_r:g} as readout; decay {dec['embedding']:g} vs "
+            f"{dec['readout']:g}). For μP use preset 'mup' with tied='embedding' and "
+            "scale_readout_(head, 1/m) (mup's MuSharedReadout); see docs/presets.md."
+        ) from None
+    params = dict(_named_params(unwrap_model(model)))
     groups: dict[tuple[str, float], dict[str, Any]] = {}
     for n, info in infos.items():
         key = (info.role, info.width_mult)
@@ -415,6 +495,8 @@ def param_groups(
             }
         groups[key]["params"].append(params[n])
         groups[key]["param_names"].append(n)
+        if len(info.names) > 1:  # a tied tensor: mup_init_ must know what else it is
+            groups[key].setdefault("tied_names", {})[n] = list(info.names[1:])
     out = list(groups.values())
     if bake:
         out = [_bake(g, exps[g["role"]], dec[g["role"]]) for g in out]
@@ -470,6 +552,13 @@ def mup_init_(
     """
     for g in groups:
         role, m = g["role"], g["width_mult"]
+        if role == "readout" and zero_readout and g.get("tied_names"):
+            (n, others), *_ = g["tied_names"].items()
+            raise ValueError(
+                f"zero_readout=True would zero {n!r}, which is tied to {others}: the input "
+                "embedding would be zeroed too. Build the groups with tied='embedding' (μP's "
+                "choice for a shared readout), or pass zero_readout=False"
+            )
         for n, p in zip(g["param_names"], g["params"], strict=True):
             if role == "embedding" or (role == "readout" and not zero_readout):
                 p.normal_(0.0, std)

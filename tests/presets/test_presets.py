@@ -205,11 +205,92 @@ class RawParam(nn.Module):
         self.head = nn.Linear(d, VOCAB)
 
 
-def test_tied_raises_naming_both() -> None:
-    with pytest.raises(ValueError, match=r"tied.*'wte\.weight'.*'lm_head\.weight'"):
-        param_groups(GPT2Like(64, tied=True), "mup", base_model=GPT2Like(16, tied=True))
+@pytest.mark.parametrize("preset", ["mup_lr", "sp_emb", "sp_emb_sqrt"])
+def test_tied_raises_naming_both_where_the_role_matters(preset: str) -> None:
+    with pytest.raises(ValueError, match=r"tied.*'wte\.weight'.*'lm_head\.weight'.*" + preset):
+        param_groups(GPT2Like(64, tied=True), preset, base_model=GPT2Like(16, tied=True))
     with pytest.raises(ValueError, match=r"'wte\.weight'.*'lm_head\.weight'"):
-        param_groups(GPT2Like(64, tied=True), "mup", width_mult=4.0)
+        param_groups(GPT2Like(64, tied=True), preset, width_mult=4.0)
+    # param_roles knows no preset: a tie always needs a policy there.
+    with pytest.raises(ValueError, match=r"'wte\.weight'.*'lm_head\.weight'"):
+        param_roles(GPT2Like(64, tied=True), width_mult=4.0)
+
+
+@pytest.mark.parametrize("preset", ["sp", "mup"])
+def test_tied_needs_no_policy_where_the_role_does_not_matter(preset: str) -> None:
+    """sp and mup give embedding and readout the same lr_mult and decay: the tie is the
+    embedding (mup's MuSharedReadout), so mup_init_ never zeroes it."""
+    model = GPT2Like(64, tied=True)
+    groups = param_groups(model, preset, base_model=GPT2Like(16, tied=True))
+    assert roles_of(groups)["wte.weight"] == "embedding"
+    assert groups == param_groups(
+        model, preset, base_model=GPT2Like(16, tied=True), tied="embedding"
+    )
+    g = next(g for g in groups if "wte.weight" in g["param_names"])
+    assert g["tied_names"] == {"wte.weight": ["lm_head.weight"]}
+    mup_init_(groups, zero_readout=True)
+    assert model.wte.weight.abs().sum() > 0
+    # A decay that tells the roles apart makes the choice matter again.
+    with pytest.raises(ValueError, match="tied="):
+        param_groups(model, preset, width_mult=4.0, decay={"readout": 0.0})
+
+
+def test_zero_readout_refuses_to_zero_a_tied_embedding() -> None:
+    model = GPT2Like(64, tied=True)
+    groups = param_groups(model, "mup", base_model=GPT2Like(16, tied=True), tied="readout")
+    with pytest.raises(ValueError, match=r"zero_readout=True would zero 'wte\.weight'.*lm_head"):
+        mup_init_(groups, zero_readout=True)
+    assert model.wte.weight.abs().sum() > 0
+    mup_init_(groups, zero_readout=False)  # the non-destructive init is fine
+
+
+def test_wrapped_models_are_unwrapped() -> None:
+    """torch.compile's `_orig_mod.`, DDP's / DataParallel's `module.`: same groups as unwrapped."""
+    torch.manual_seed(0)
+    model, base = LlamaLike(32), LlamaLike(8)
+    want = [
+        (g["role"], g["lr_mult"], g["param_names"])
+        for g in param_groups(model, "mup", base_model=base)
+    ]
+    compiled = torch.compile(model)  # an OptimizedModule; nothing is compiled until a call
+    inner = LlamaLike(32)
+    inner.layers[0] = torch.compile(inner.layers[0])  # `layers.0._orig_mod.q_proj.weight`
+    for wrapped in (compiled, nn.DataParallel(model), torch.compile(nn.DataParallel(model)), inner):
+        got = param_groups(wrapped, "mup", base_model=torch.compile(base))
+        assert [(g["role"], g["lr_mult"], g["param_names"]) for g in got] == want
+    assert fused_mup.presets.unwrap_model(torch.compile(nn.DataParallel(model))) is model
+
+
+class HFConv1D(nn.Module):
+    """transformers.pytorch_utils.Conv1D: weight stored (in_features, out_features)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+
+class GPT2Conv(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, d)
+        self.c_attn = HFConv1D(3 * d, d)
+        self.c_fc = HFConv1D(4 * d, d)
+        self.c_proj = HFConv1D(d, 4 * d)
+        self.lm_head = nn.Linear(d, VOCAB, bias=False)
+
+
+HFConv1D.__name__ = "Conv1D"
+
+
+def test_conv1d_with_width_mult_and_base_model_agree() -> None:
+    by_mult = param_groups(GPT2Conv(64), "mup", width_mult=4.0)
+    by_base = param_groups(GPT2Conv(64), "mup", base_model=GPT2Conv(16))
+    summary = lambda gs: {n: (g["role"], g["width_mult"]) for g in gs for n in g["param_names"]}  # noqa: E731
+    assert summary(by_mult) == summary(by_base)
+    assert summary(by_mult)["c_fc.weight"] == ("hidden", 4.0)
+    assert summary(by_mult)["c_proj.weight"] == ("hidden", 4.0)
 
 
 @pytest.mark.parametrize("policy", ["embedding", "readout"])
