@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fused_mup.factory import create_optimizer
+    from fused_mup.factory import OptimizerFactory, create_optimizer
     from fused_mup.optim import AdamW
     from fused_mup.presets import (
         OutputScale,
@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "AdamW": "fused_mup.optim",
+    "OptimizerFactory": "fused_mup.factory",
     "OutputScale": "fused_mup.presets",
     "attention_scale": "fused_mup.presets",
     "create_optimizer": "fused_mup.factory",
@@ -37,6 +38,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "AdamW",
+    "OptimizerFactory",
     "OutputScale",
     "attention_scale",
     "create_optimizer",

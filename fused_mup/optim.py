@@ -318,9 +318,11 @@ class AdamW(torch.optim.Optimizer):
         self._amp_defaults: dict[torch.device, tuple[Tensor, Tensor]] = {}
         super().__init__(params, defaults)
         self.state = _StateDict(dict, self.state)
-        # GradScaler hands us grad_scale / found_inf instead of unscaling and checking itself
-        # through separate passes (torch's fused optimizers do the same).
-        self._step_supports_amp_scaling = True
+        # False, as torch.optim.AdamW: GradScaler.step unscales and checks the grads itself.
+        # True (torch's fused optimizers) makes Lightning refuse gradient_clip_val with any
+        # mixed precision. clip_grad_norm_(grad_scaler=...) sets it for the one step that
+        # follows, so that the scaler hands over its scale and inf flag on the device instead.
+        self._step_supports_amp_scaling = False
 
     # ---- param groups and checkpoints -------------------------------------------------------
 
@@ -406,6 +408,7 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._update()
+        self._step_supports_amp_scaling = False  # back to GradScaler's own unscale pass
         return loss
 
     # Dynamo cannot trace the launch (its tables hold raw addresses), so inside a compiled
@@ -575,6 +578,9 @@ class AdamW(torch.optim.Optimizer):
             scaler_state["found_inf_per_device"] = {device: clip[2]}
             scaler_state["stage"] = OptState.UNSCALED
             self._pending_scale = scale
+            # scaler.step(opt) then passes found_inf on the device (no host read) and calls
+            # step(), which skips on inf inside the kernel.
+            self._step_supports_amp_scaling = True
         return total_norm
 
     def _generator(self, device: torch.device) -> torch.Generator:
