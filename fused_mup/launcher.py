@@ -11,12 +11,25 @@ device.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from fused_mup import kernels
+from fused_mup.kernels.tables import (
+    CHUNK_COLS,
+    CLIP_SLOTS,
+    GROUP_COLS,
+    STATE_ADDRESS_COLS,
+    TENSOR_COLS,
+    ClipSlot,
+    TensorCol,
+    Update,
+)
 
 __all__ = [
     "Bucket",
@@ -26,13 +39,13 @@ __all__ = [
     "build_bucket",
     "group_table",
     "launch",
-    "launch_grad_sumsq",
+    "launch_grad_norm",
     "no_clip",
+    "require_triton",
     "triton_available_for",
+    "update_grad_addresses",
 ]
 
-# fp64 columns of the group table, in kernel order: lr, decay, beta1, beta2, eps.
-GROUP_TABLE_COLS = 5
 # Byte alignment under which the kernel may use 16-byte vector accesses (its ALIGNED switch).
 ALIGNMENT = 16
 # Set if a Triton build cannot compile the alignment hints: later launches go without them.
@@ -68,7 +81,7 @@ class BucketKey:
     state_dtype: torch.dtype
     amsgrad: bool
     maximize: bool
-    update: int = 0  # fused_mup.kernels.UPDATE_*: how low-precision params take the update
+    update: Update = Update.ROUND  # how low-precision params take the update
 
 
 @dataclass
@@ -114,11 +127,32 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
+def _triton_importable() -> bool:
+    # An import, not find_spec: a triton that is found but fails to import (a broken or
+    # mismatched install, or an import hook that refuses it) must count as missing too.
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_triton(where: str) -> None:
+    """Raises a clear ImportError where the kernel is needed and triton is not installed."""
+    if not _triton_importable():
+        raise ImportError(
+            f"fused_mup: {where} needs the Triton kernel, but triton is not installed. Install "
+            "it with `pip install triton` (Linux with CUDA; torch's CUDA wheels bring it), or "
+            "use backend='torch' / CPU tensors, which run without triton."
+        )
+
+
 def triton_available_for(device: torch.device) -> bool:
     """Whether the Triton kernel can run on tensors of ``device`` in this process."""
     if device.type == "cpu":
-        return _interpreting()
-    return device.type == "cuda"
+        return _interpreting() and _triton_importable()
+    return device.type == "cuda" and _triton_importable()
 
 
 def _upload(host: torch.Tensor, device: torch.device, out: torch.Tensor | None = None):
@@ -143,8 +177,6 @@ def build_bucket(
     config: KernelConfig,
 ) -> Bucket:
     """Builds the static tables of one launch. Runs only when the set of tensors changes."""
-    from fused_mup.kernels import CHUNK_COLS, TENSOR_COLS
-
     n = len(slots)
     rows: list[list[int]] = []
     chunks: list[tuple[int, int]] = []
@@ -154,25 +186,23 @@ def build_bucket(
         # counts it.
         n_chunks = max(1, math.ceil(numel / config.chunk_size))
         vmax, aux = slot.max_exp_avg_sq, slot.aux
-        rows.append(
-            [
-                slot.param.data_ptr(),
-                grad_addresses[i],
-                slot.exp_avg.data_ptr(),
-                slot.exp_avg_sq.data_ptr(),
-                vmax.data_ptr() if vmax is not None else 0,
-                slot.step.data_ptr(),
-                aux.data_ptr() if aux is not None else 0,
-                numel,
-                slot.group_index,
-                n_chunks,
-            ]
-        )
-        chunks.extend((i, c * config.chunk_size) for c in range(n_chunks))
+        row = [0] * TENSOR_COLS
+        row[TensorCol.PARAM] = slot.param.data_ptr()
+        row[TensorCol.GRAD] = grad_addresses[i]
+        row[TensorCol.EXP_AVG] = slot.exp_avg.data_ptr()
+        row[TensorCol.EXP_AVG_SQ] = slot.exp_avg_sq.data_ptr()
+        row[TensorCol.MAX_EXP_AVG_SQ] = vmax.data_ptr() if vmax is not None else 0
+        row[TensorCol.STEP] = slot.step.data_ptr()
+        row[TensorCol.AUX] = aux.data_ptr() if aux is not None else 0
+        row[TensorCol.NUMEL] = numel
+        row[TensorCol.GROUP] = slot.group_index
+        row[TensorCol.N_CHUNKS] = n_chunks
+        rows.append(row)
+        chunks.extend((i, c * config.chunk_size) for c in range(n_chunks))  # ChunkCol order
     table = torch.tensor(rows, dtype=torch.int64).reshape(n, TENSOR_COLS)
     chunk_host = torch.tensor(chunks, dtype=torch.int64).reshape(-1, CHUNK_COLS)
     # Python ints, not the table: reading a tensor here would be a host read per build.
-    states_aligned = all(row[c] % ALIGNMENT == 0 for row in rows for c in (0, 2, 3, 4, 6))
+    states_aligned = all(row[c] % ALIGNMENT == 0 for row in rows for c in STATE_ADDRESS_COLS)
     return Bucket(
         key=key,
         slots=slots,
@@ -206,15 +236,15 @@ def update_grad_addresses(bucket: Bucket, grad_addresses: list[int]) -> None:
     """Points the table at this step's grads; uploads only if any grad moved."""
     if grad_addresses == bucket.grad_addresses:
         return
-    bucket.tensor_table_host[:, 1] = torch.tensor(grad_addresses, dtype=torch.int64)
+    bucket.tensor_table_host[:, TensorCol.GRAD] = torch.tensor(grad_addresses, dtype=torch.int64)
     _upload(bucket.tensor_table_host, bucket.key.device, out=bucket.tensor_table)
     bucket.grad_addresses = list(grad_addresses)
     bucket.grads_aligned = all(a % ALIGNMENT == 0 for a in grad_addresses)
 
 
 def group_table(values: list[float], device: torch.device, out: torch.Tensor | None):
-    """Uploads the per-group scalars (fp64, GROUP_TABLE_COLS per group)."""
-    host = torch.tensor(values, dtype=torch.float64).reshape(-1, GROUP_TABLE_COLS)
+    """Uploads the per-group scalars (fp64, ``GroupCol`` order, GROUP_COLS per group)."""
+    host = torch.tensor(values, dtype=torch.float64).reshape(-1, GROUP_COLS)
     if out is not None and out.shape != host.shape:
         out = None
     return _upload(host, device, out=out)
@@ -238,14 +268,12 @@ def launch(
     """One AdamW launch for the whole bucket.
 
     Args:
-        clip: fp32 [>= 2] (sum of squared grads, max_norm) from :func:`launch_grad_sumsq`, or
-            None for no clipping.
-        seed: stochastic-rounding seed (used only by ``UPDATE_STOCHASTIC`` buckets).
+        clip: the clip buffer (``ClipSlot``) from :func:`launch_grad_norm`, or None for no
+            clipping.
+        seed: stochastic-rounding seed (used only by ``Update.STOCHASTIC`` buckets).
     """
     if bucket.n_programs == 0:
         return
-    from fused_mup.kernels import adamw_kernel
-
     global _ALIGNED_HINTS_FAILED
     key = bucket.key
     if clip is None:
@@ -253,7 +281,7 @@ def launch(
     aligned = bucket.states_aligned and bucket.grads_aligned and not _ALIGNED_HINTS_FAILED
 
     def run(aligned: bool) -> None:
-        adamw_kernel[(bucket.n_programs,)](
+        kernels.adamw_kernel[(bucket.n_programs,)](
             bucket.tensor_table,
             bucket.chunk_table,
             groups,
@@ -301,13 +329,13 @@ def no_clip(device: torch.device) -> torch.Tensor:
     """The clip buffer that means "no clipping": norm 0, max_norm inf, coefficient 1."""
     if device not in _NO_CLIP:
         # Filled on the device: torch.tensor(..., device=cuda) would be a synchronizing copy.
-        buffer = torch.zeros(3, device=device)
-        buffer[1] = float("inf")
+        buffer = torch.zeros(CLIP_SLOTS, device=device)
+        buffer[ClipSlot.MAX_NORM] = float("inf")
         _NO_CLIP[device] = buffer
     return _NO_CLIP[device]
 
 
-def launch_grad_sumsq(
+def launch_grad_norm(
     bucket: Bucket,
     grad_scale: torch.Tensor,
     clip: torch.Tensor,
@@ -315,14 +343,12 @@ def launch_grad_sumsq(
     accumulate: bool,
     config: KernelConfig,
 ) -> None:
-    """One launch: writes sum(grad**2 / grad_scale**2), max_norm and a non-finite flag to
-    ``clip[0:3]``, adding to ``clip[0]`` when ``accumulate`` (for a second bucket)."""
-    from fused_mup.kernels import grad_sumsq_kernel
-
+    """One launch: writes sum(grad**2 / grad_scale**2), max_norm and a non-finite flag to the
+    clip buffer, adding to its SUMSQ slot when ``accumulate`` (for a second bucket)."""
     if bucket.n_programs == 0:
         return
     with _device_guard(bucket.key.device):
-        grad_sumsq_kernel[(bucket.n_programs,)](
+        kernels.grad_norm_kernel[(bucket.n_programs,)](
             bucket.tensor_table,
             bucket.chunk_table,
             bucket.partials,

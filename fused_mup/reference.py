@@ -1,6 +1,8 @@
 """Plain-torch AdamW step with exactly the kernel's semantics.
 
-Serves CPU tensors (``backend="auto"``), ``backend="torch"``, and is the reference the kernel is
+Each function is the twin of one kernel, named after it: :func:`adamw_step_` of
+``adamw_kernel`` and :func:`grad_norm_sumsq` of ``grad_norm_kernel``. They serve
+``backend="torch"`` and the tensors the kernel does not take, and are the oracle the kernels are
 tested against. Same op order as ``fused_mup.kernels.adamw``: math in fp32 (fp64 for fp64
 params), scalars computed in fp64 and rounded once, GradScaler's scale and found_inf read as
 tensors so that nothing here synchronizes with the device.
@@ -10,14 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from fused_mup.kernels.adamw import (
-    UPDATE_KAHAN,
-    UPDATE_MASTER,
-    UPDATE_ROUND,
-    UPDATE_STOCHASTIC,
-)
+from fused_mup.kernels.tables import ClipSlot, Update
 
-__all__ = ["adamw_step_", "round_stochastic_bf16"]
+__all__ = ["adamw_step_", "grad_norm_sumsq", "round_stochastic_bf16"]
 
 
 def round_stochastic_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -47,7 +44,7 @@ def adamw_step_(
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     clip: torch.Tensor | None = None,
-    update: int = UPDATE_ROUND,
+    update: Update = Update.ROUND,
     aux: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> None:
@@ -60,8 +57,8 @@ def adamw_step_(
         decay: the fraction of the param removed by weight decay this step.
         grad_scale: divides the grad (GradScaler's scale), or None.
         found_inf: nonzero skips the update and the step count, or None.
-        clip: (sum of squared grads, max_norm, ...) as written by clip_grad_norm_, or None.
-        update: how a low-precision param takes the update (``fused_mup.kernels.UPDATE_*``).
+        clip: the clip buffer (``ClipSlot``) written by the grad-norm pass, or None.
+        update: how a low-precision param takes the update (``Update``).
         aux: the Kahan compensation or the fp32 master weights, for those modes.
         generator: the RNG of stochastic rounding.
     """
@@ -71,7 +68,7 @@ def adamw_step_(
     if grad_scale is not None:
         g = g * (1.0 / grad_scale.to(compute).reshape(()))
     if clip is not None:
-        coef = (clip[1] / (clip[0].sqrt() + 1e-6)).clamp(max=1.0)
+        coef = (clip[ClipSlot.MAX_NORM] / (clip[ClipSlot.SUMSQ].sqrt() + 1e-6)).clamp(max=1.0)
         g = g * coef.to(compute)
     if maximize:
         g = -g
@@ -89,7 +86,7 @@ def adamw_step_(
     weight2 = torch.tensor(1.0 - beta2, dtype=scalar).to(compute)
     eps_c = torch.tensor(eps, dtype=scalar).to(compute)
 
-    source = aux if update == UPDATE_MASTER else param
+    source = aux if update == Update.MASTER else param
     p0 = source.to(compute)
     p = p0 * keep
     m = exp_avg.to(compute)
@@ -109,15 +106,15 @@ def adamw_step_(
     outputs = [(exp_avg, m), (exp_avg_sq, v)]
     if max_exp_avg_sq is not None:
         outputs.append((max_exp_avg_sq, vmax))
-    if update == UPDATE_KAHAN:
+    if update == Update.KAHAN:
         # Add back what earlier roundings lost, and keep what this one loses.
         wanted = (p - p0) + aux.to(compute)
         stored = (p0 + wanted).to(param.dtype)
         outputs.append((aux, wanted - (stored.to(compute) - p0)))
         outputs.append((param, stored))
-    elif update == UPDATE_STOCHASTIC:
+    elif update == Update.STOCHASTIC:
         outputs.append((param, round_stochastic_bf16(p.float(), generator)))
-    elif update == UPDATE_MASTER:
+    elif update == Update.MASTER:
         outputs += [(aux, p), (param, p)]
     else:
         outputs.append((param, p))
@@ -126,3 +123,15 @@ def adamw_step_(
             new = torch.where(ok.to(dst.device), new.to(dst.dtype), dst)
         dst.copy_(new)
     step.copy_(new_step)
+
+
+def grad_norm_sumsq(grads: list[torch.Tensor], grad_scale: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of ``grad / grad_scale`` over all grads, in fp32, as a 0-d tensor.
+
+    Unscales before squaring, as the kernel does, so a large loss scale cannot overflow.
+    """
+    inv = 1.0 / grad_scale.to(torch.float32).reshape(())
+    total = torch.zeros((), dtype=torch.float32, device=grad_scale.device)
+    for g in grads:
+        total = total + (g.float() * inv).square().sum()
+    return total

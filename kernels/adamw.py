@@ -1,51 +1,43 @@
 """Multi-tensor AdamW: every tensor of every param group in one launch.
 
-Each program updates one chunk of one tensor. It finds its tensor through small device tables
-built by ``fused_mup.launcher``:
-
-- tensor table, int64 ``[n_tensors, TENSOR_COLS]``: addresses of param, grad, exp_avg,
-  exp_avg_sq, max_exp_avg_sq, step and the bf16 helper buffer (Kahan compensation or fp32
-  master weights), then numel, group index and number of chunks;
-- chunk table, int64 ``[n_programs, CHUNK_COLS]``: tensor index and first element;
-- group table, fp64 ``[n_groups, GROUP_COLS]``: lr, decay, beta1, beta2, eps.
-
-Hyperparameters come from the group table and the clip buffer, never from constexprs, so a new
-LR or max_norm never compiles a new kernel.
+Each program updates one chunk of one tensor, which it finds through the tensor, chunk and group
+tables of ``fused_mup.kernels.tables`` (the one definition of their layout), built by
+``fused_mup.launcher``. Hyperparameters come from the group table and the clip buffer, never
+from constexprs, so a new LR or max_norm never compiles a new kernel.
 """
 
 import triton
 import triton.language as tl
+from fused_mup.kernels.tables import (
+    C_AUX,
+    C_BETA1,
+    C_BETA2,
+    C_CHUNK_COLS,
+    C_CHUNK_START,
+    C_CHUNK_TENSOR,
+    C_DECAY,
+    C_EPS,
+    C_EXP_AVG,
+    C_EXP_AVG_SQ,
+    C_GRAD,
+    C_GROUP,
+    C_GROUP_COLS,
+    C_LR,
+    C_MAX_EXP_AVG_SQ,
+    C_MAX_NORM,
+    C_N_CHUNKS,
+    C_NUMEL,
+    C_PARAM,
+    C_STEP,
+    C_SUMSQ,
+    C_TENSOR_COLS,
+    C_UPDATE_KAHAN,
+    C_UPDATE_MASTER,
+    C_UPDATE_STOCHASTIC,
+    address,
+)
 
-__all__ = [
-    "CHUNK_COLS",
-    "GROUP_COLS",
-    "TENSOR_COLS",
-    "UPDATE_KAHAN",
-    "UPDATE_MASTER",
-    "UPDATE_ROUND",
-    "UPDATE_STOCHASTIC",
-    "adamw_kernel",
-]
-
-# Column layout of the tables; the launcher writes them in this order.
-TENSOR_COLS = 10  # param, grad, m, v, v_max, step, aux, numel, group, n_chunks
-CHUNK_COLS = 2  # tensor index, first element
-GROUP_COLS = 5  # lr, decay, beta1, beta2, eps
-
-# How a low-precision param takes its update (the UPDATE switch).
-UPDATE_ROUND = 0  # round to nearest even
-UPDATE_KAHAN = 1  # aux = compensation buffer in the param dtype
-UPDATE_STOCHASTIC = 2  # bf16 only: unbiased stochastic rounding, counter-based RNG
-UPDATE_MASTER = 3  # aux = fp32 master weights; the param is their rounded copy
-
-# The same values as compile-time constants: jit code may read only constexpr globals (the
-# interpreter accepts plain ints, a real compile does not).
-_TENSOR_COLS = tl.constexpr(TENSOR_COLS)
-_CHUNK_COLS = tl.constexpr(CHUNK_COLS)
-_GROUP_COLS = tl.constexpr(GROUP_COLS)
-_UPDATE_KAHAN = tl.constexpr(UPDATE_KAHAN)
-_UPDATE_STOCHASTIC = tl.constexpr(UPDATE_STOCHASTIC)
-_UPDATE_MASTER = tl.constexpr(UPDATE_MASTER)
+__all__ = ["adamw_kernel"]
 
 
 @triton.jit
@@ -82,18 +74,6 @@ def _round_to_bf16_stochastic(x, seed, offsets):
     bits = (x.to(tl.uint32, bitcast=True) + noise) >> 16
     bits = tl.where(x != x, 0x7FC0, bits)
     return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
-def _address(table_entry, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """An address from a table, as a pointer; ALIGNED tells the compiler it is 16-byte aligned
-    (the launcher checked), which lets it use 16-byte vector loads and stores."""
-    ptr = table_entry.to(tl.pointer_type(DTYPE))
-    if ALIGNED:
-        # On the pointer, not the integer: the compiler's alignment analysis does not see
-        # through the int-to-pointer cast (checked in the sm_90 PTX: v4 accesses only so).
-        ptr = tl.multiple_of(ptr, 16)
-    return ptr
 
 
 @triton.jit
@@ -140,7 +120,7 @@ def _update_block(
     MASKED: tl.constexpr,
 ):
     # Math in fp32 whatever the storage dtype; cast only at the store.
-    if UPDATE == _UPDATE_MASTER:
+    if UPDATE == C_UPDATE_MASTER:
         param = _load(aux_ptr, offsets, mask, MASKED)
     else:
         param = _load(param_ptr, offsets, mask, MASKED).to(tl.float32)
@@ -170,16 +150,16 @@ def _update_block(
         denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
     new_param = new_param + tl.div_rn(neg_step_size * exp_avg, denom)
 
-    if UPDATE == _UPDATE_KAHAN:
+    if UPDATE == C_UPDATE_KAHAN:
         # Add back what earlier roundings lost, and keep what this one loses.
         compensation = _load(aux_ptr, offsets, mask, MASKED).to(tl.float32)
         wanted = (new_param - param) + compensation
         stored = _round_to(param + wanted, PARAM_DTYPE)
         lost = wanted - (stored.to(tl.float32) - param)
         _store(aux_ptr, offsets, _round_to(lost, PARAM_DTYPE), mask, MASKED)
-    elif UPDATE == _UPDATE_STOCHASTIC:
+    elif UPDATE == C_UPDATE_STOCHASTIC:
         stored = _round_to_bf16_stochastic(new_param, rng_seed, offsets)
-    elif UPDATE == _UPDATE_MASTER:
+    elif UPDATE == C_UPDATE_MASTER:
         _store(aux_ptr, offsets, new_param, mask, MASKED)
         stored = _round_to(new_param, PARAM_DTYPE)
     else:
@@ -191,13 +171,13 @@ def _update_block(
 
 @triton.jit
 def adamw_kernel(
-    tensor_table_ptr,  # int64 [n_tensors, _TENSOR_COLS]
-    chunk_table_ptr,  # int64 [n_programs, _CHUNK_COLS]
-    group_table_ptr,  # fp64 [n_groups, _GROUP_COLS]
+    tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS]
+    chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
+    group_table_ptr,  # fp64 [n_groups, GROUP_COLS]
     done_count_ptr,  # int32 [n_tensors], zero between launches
     grad_scale_ptr,  # fp32 scalar: GradScaler's scale, 1.0 without one
     found_inf_ptr,  # fp32 scalar: nonzero skips the whole step
-    clip_ptr,  # fp32 [2]: sum of squared grads, max_norm (0 and inf: no clipping)
+    clip_ptr,  # fp32 [CLIP_SLOTS]: ClipSlot.SUMSQ and MAX_NORM (0 and inf: no clipping)
     chunk_size,  # elements per program
     seed,  # stochastic rounding seed
     PARAM_DTYPE: tl.constexpr,  # also the grad dtype
@@ -209,36 +189,36 @@ def adamw_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    chunk_row = chunk_table_ptr + pid * _CHUNK_COLS
-    tensor_idx = tl.load(chunk_row)
+    chunk_row = chunk_table_ptr + pid * C_CHUNK_COLS
+    tensor_idx = tl.load(chunk_row + C_CHUNK_TENSOR)
     # int64, so tensors past 2**31 elements index correctly. Chunks start at multiples of
     # BLOCK (the launcher's chunk table), which the compiler carries into the loop below.
-    start = tl.multiple_of(tl.load(chunk_row + 1), BLOCK)
+    start = tl.multiple_of(tl.load(chunk_row + C_CHUNK_START), BLOCK)
 
-    row = tensor_table_ptr + tensor_idx * _TENSOR_COLS
-    param_ptr = _address(tl.load(row), PARAM_DTYPE, ALIGNED)
-    grad_ptr = _address(tl.load(row + 1), PARAM_DTYPE, ALIGNED)
-    exp_avg_ptr = _address(tl.load(row + 2), STATE_DTYPE, ALIGNED)
-    exp_avg_sq_ptr = _address(tl.load(row + 3), STATE_DTYPE, ALIGNED)
-    max_exp_avg_sq_ptr = _address(tl.load(row + 4), STATE_DTYPE, ALIGNED)
-    step_ptr = tl.load(row + 5).to(tl.pointer_type(tl.float32))
-    numel = tl.load(row + 7)
-    group_idx = tl.load(row + 8)
-    n_chunks = tl.load(row + 9)
+    row = tensor_table_ptr + tensor_idx * C_TENSOR_COLS
+    param_ptr = address(tl.load(row + C_PARAM), PARAM_DTYPE, ALIGNED)
+    grad_ptr = address(tl.load(row + C_GRAD), PARAM_DTYPE, ALIGNED)
+    exp_avg_ptr = address(tl.load(row + C_EXP_AVG), STATE_DTYPE, ALIGNED)
+    exp_avg_sq_ptr = address(tl.load(row + C_EXP_AVG_SQ), STATE_DTYPE, ALIGNED)
+    max_exp_avg_sq_ptr = address(tl.load(row + C_MAX_EXP_AVG_SQ), STATE_DTYPE, ALIGNED)
+    step_ptr = tl.load(row + C_STEP).to(tl.pointer_type(tl.float32))
+    numel = tl.load(row + C_NUMEL)
+    group_idx = tl.load(row + C_GROUP)
+    n_chunks = tl.load(row + C_N_CHUNKS)
 
-    group_row = group_table_ptr + group_idx * _GROUP_COLS
-    lr = tl.load(group_row)
-    decay = tl.load(group_row + 1)
-    beta1 = tl.load(group_row + 2)
-    beta2 = tl.load(group_row + 3)
-    eps = tl.load(group_row + 4).to(tl.float32)
+    group_row = group_table_ptr + group_idx * C_GROUP_COLS
+    lr = tl.load(group_row + C_LR)
+    decay = tl.load(group_row + C_DECAY)
+    beta1 = tl.load(group_row + C_BETA1)
+    beta2 = tl.load(group_row + C_BETA2)
+    eps = tl.load(group_row + C_EPS).to(tl.float32)
 
     # GradScaler: scale and found_inf are read on the device; an inf step changes nothing,
     # its step count included. Clipping: torch's coefficient, min(1, max_norm / (norm + 1e-6)).
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
-    clip_coef = tl.minimum(tl.load(clip_ptr + 1) / (tl.sqrt_rn(tl.load(clip_ptr)) + 1e-6), 1.0).to(
-        tl.float32
-    )
+    clip_coef = tl.minimum(
+        tl.load(clip_ptr + C_MAX_NORM) / (tl.sqrt_rn(tl.load(clip_ptr + C_SUMSQ)) + 1e-6), 1.0
+    ).to(tl.float32)
     update = tl.load(found_inf_ptr) == 0
     old_step = tl.load(step_ptr)
     step = old_step + update.to(tl.float32)
@@ -253,10 +233,10 @@ def adamw_kernel(
     weight1 = (1.0 - beta1).to(tl.float32)
     beta2_f = beta2.to(tl.float32)
     weight2 = (1.0 - beta2).to(tl.float32)
-    if UPDATE == _UPDATE_MASTER:
-        aux_ptr = _address(tl.load(row + 6), tl.float32, ALIGNED)
+    if UPDATE == C_UPDATE_MASTER:
+        aux_ptr = address(tl.load(row + C_AUX), tl.float32, ALIGNED)
     else:
-        aux_ptr = _address(tl.load(row + 6), PARAM_DTYPE, ALIGNED)
+        aux_ptr = address(tl.load(row + C_AUX), PARAM_DTYPE, ALIGNED)
     rng_seed = seed + step_int.to(tl.int64) * 1_000_003 + tensor_idx * 7_919
 
     # On an inf step the range is empty: nothing is read or written.

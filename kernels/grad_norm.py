@@ -8,19 +8,30 @@ flag into the clip buffer that the AdamW kernel reads.
 
 import triton
 import triton.language as tl
-from fused_mup.kernels.adamw import _CHUNK_COLS, _TENSOR_COLS, _address
+from fused_mup.kernels.tables import (
+    C_CHUNK_COLS,
+    C_CHUNK_START,
+    C_CHUNK_TENSOR,
+    C_GRAD,
+    C_MAX_NORM,
+    C_NONFINITE,
+    C_NUMEL,
+    C_SUMSQ,
+    C_TENSOR_COLS,
+    address,
+)
 
-__all__ = ["grad_sumsq_kernel"]
+__all__ = ["grad_norm_kernel"]
 
 
 @triton.jit
-def grad_sumsq_kernel(
+def grad_norm_kernel(
     tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS] (AdamW's table)
     chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
     partials_ptr,  # fp32 [n_programs] scratch
     done_count_ptr,  # int32 [1], zero between launches
     grad_scale_ptr,  # fp32 scalar: the norm is of grad / grad_scale
-    clip_ptr,  # fp32 [3] out: sum of squares, max_norm, non-finite flag
+    clip_ptr,  # fp32 [CLIP_SLOTS] out: ClipSlot.SUMSQ, MAX_NORM, NONFINITE
     n_programs,
     chunk_size,
     max_norm,
@@ -30,12 +41,13 @@ def grad_sumsq_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    chunk_row = chunk_table_ptr + pid * _CHUNK_COLS
-    tensor_idx = tl.load(chunk_row)
-    start = tl.multiple_of(tl.load(chunk_row + 1), BLOCK)  # chunks start at BLOCK multiples
-    row = tensor_table_ptr + tensor_idx * _TENSOR_COLS
-    grad_ptr = _address(tl.load(row + 1), PARAM_DTYPE, ALIGNED)
-    numel = tl.load(row + 7)
+    chunk_row = chunk_table_ptr + pid * C_CHUNK_COLS
+    tensor_idx = tl.load(chunk_row + C_CHUNK_TENSOR)
+    # Chunks start at multiples of BLOCK.
+    start = tl.multiple_of(tl.load(chunk_row + C_CHUNK_START), BLOCK)
+    row = tensor_table_ptr + tensor_idx * C_TENSOR_COLS
+    grad_ptr = address(tl.load(row + C_GRAD), PARAM_DTYPE, ALIGNED)
+    numel = tl.load(row + C_NUMEL)
     # Unscale before squaring so that a large loss scale cannot overflow the fp32 sum.
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
 
@@ -68,8 +80,8 @@ def grad_sumsq_kernel(
                 partials_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg"
             )
         # where, not a multiply by accumulate: an unset buffer may hold NaN, and NaN * 0 is NaN.
-        sumsq = tl.sum(total, axis=0) + tl.where(accumulate != 0, tl.load(clip_ptr), 0.0)
-        tl.store(clip_ptr, sumsq)
-        tl.store(clip_ptr + 1, max_norm)
-        tl.store(clip_ptr + 2, ((sumsq - sumsq) != 0).to(tl.float32))  # inf - inf is NaN
+        sumsq = tl.sum(total, axis=0) + tl.where(accumulate != 0, tl.load(clip_ptr + C_SUMSQ), 0.0)
+        tl.store(clip_ptr + C_SUMSQ, sumsq)
+        tl.store(clip_ptr + C_MAX_NORM, max_norm)
+        tl.store(clip_ptr + C_NONFINITE, ((sumsq - sumsq) != 0).to(tl.float32))  # inf - inf is NaN
         tl.store(done_count_ptr, 0)

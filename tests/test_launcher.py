@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import kernel_devices
+from devices import kernel_devices
 from tolerances import assert_close
 
 from fused_mup import launcher

@@ -13,14 +13,7 @@ from collections import Counter
 
 import triton
 import triton.language as tl
-from fused_mup.kernels import (
-    UPDATE_KAHAN,
-    UPDATE_MASTER,
-    UPDATE_ROUND,
-    UPDATE_STOCHASTIC,
-    adamw_kernel,
-    grad_sumsq_kernel,
-)
+from fused_mup.kernels import Update, adamw_kernel, grad_norm_kernel
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -66,9 +59,9 @@ def main() -> None:
         ("fp16", tl.float16, tl.float16),
     ]
     for (name, p, s), amsgrad, aligned in itertools.product(dtypes, (False, True), (False, True)):
-        updates = [UPDATE_ROUND]
+        updates = [Update.ROUND]
         if p == tl.bfloat16:
-            updates += [UPDATE_KAHAN, UPDATE_STOCHASTIC, UPDATE_MASTER]
+            updates += [Update.KAHAN, Update.STOCHASTIC, Update.MASTER]
         for update in updates:
             const = {
                 "PARAM_DTYPE": p,
@@ -86,7 +79,7 @@ def main() -> None:
     ):
         const = {"PARAM_DTYPE": p, "ALIGNED": aligned, "BLOCK": 1024}
         key = f"norm-{name}-aligned{int(aligned)}"
-        out[key] = compile_one(grad_sumsq_kernel, NORM_SIGNATURE, const, arch)
+        out[key] = compile_one(grad_norm_kernel, NORM_SIGNATURE, const, arch)
     print(json.dumps({k: dict(v) for k, v in out.items()}))
 
 

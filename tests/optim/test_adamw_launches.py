@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import kernel_devices
+from devices import kernel_devices
 from fused_mup.kernels import adamw_kernel
 from torch import nn
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import kernel_devices
+from devices import kernel_devices
 from tolerances import FLOAT64_SLACK, TOLERANCES, assert_close, rel_rms_error
 
 import fused_mup

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from conftest import kernel_devices
+from devices import kernel_devices
 from tolerances import assert_close
 from torch import nn
 

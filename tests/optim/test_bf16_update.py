@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from conftest import kernel_devices
+from devices import kernel_devices
 from tolerances import assert_close, rel_rms_error
 
 import fused_mup

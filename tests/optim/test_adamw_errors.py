@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import kernel_devices
+from devices import kernel_devices
 
 import fused_mup
 from fused_mup import launcher

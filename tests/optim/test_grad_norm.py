@@ -8,8 +8,8 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import kernel_devices
-from fused_mup.kernels import adamw_kernel, grad_sumsq_kernel
+from devices import kernel_devices
+from fused_mup.kernels import adamw_kernel, grad_norm_kernel
 from tolerances import assert_close
 from torch import nn
 
@@ -81,7 +81,7 @@ def test_clip_is_one_launch_and_step_one_more(device):
     opt = ours(m_ours, "triton")
     loss_on(m_ours, device, 0).backward()
     calls = []
-    for kernel in (grad_sumsq_kernel, adamw_kernel):
+    for kernel in (grad_norm_kernel, adamw_kernel):
         real = kernel.run
         mock.patch.object(
             kernel, "run", lambda *a, _real=real, _k=kernel, **k: calls.append(_k) or _real(*a, **k)
@@ -91,7 +91,7 @@ def test_clip_is_one_launch_and_step_one_more(device):
         opt.step()
     finally:
         mock.patch.stopall()
-    assert calls == [grad_sumsq_kernel, adamw_kernel]
+    assert calls == [grad_norm_kernel, adamw_kernel]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

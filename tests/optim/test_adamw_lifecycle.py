@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from conftest import DEVICES, kernel_devices
+from devices import DEVICES, kernel_devices
 from tolerances import assert_close
 from torch import nn
 
@@ -160,7 +160,7 @@ def test_grad_scaler_skips_inf_step_and_matches_torch(device, monkeypatch):
     assert_models_close(m_ours, m_ref, "GradScaler")
     # As with torch.optim.AdamW (and so that Lightning allows gradient_clip_val), GradScaler
     # unscales the grads itself and skips the inf step; the fused route, where the kernel
-    # unscales, is clip_grad_norm_(grad_scaler=...) (tests/test_clip.py).
+    # unscales, is clip_grad_norm_(grad_scaler=...) (tests/optim/test_grad_norm.py).
     assert opt._step_supports_amp_scaling is False
     assert len(seen_scales) == 9 and all(s.item() == 1 for s in seen_scales)
     steps = {v["step"].item() for v in opt.state_dict()["state"].values()}
@@ -365,7 +365,7 @@ def test_no_write_outside_params(device):
             p.grad = torch.randn_like(p)
         opt.step()
     # 12-byte offsets: the unaligned kernel variant ran (the others run the aligned one).
-    assert not opt._plan.buckets[0][0].states_aligned
+    assert not opt._planner.plan.buckets[0][0].states_aligned
     mask = torch.ones_like(buffer, dtype=torch.bool)
     offset = 3
     for n in sizes:
@@ -387,7 +387,7 @@ def test_mixed_dtypes_make_one_launch_each(device):
         ref.param_groups[0]["params"][0].grad = g.clone()
         opt.step()
         ref.step()
-    assert len(opt._plan.buckets) == 2
+    assert len(opt._planner.plan.buckets) == 2
     assert_close(a, ref.param_groups[0]["params"][0], FP32, "fp32 param beside a bf16 one")
 
 

@@ -1,0 +1,6 @@
+"""Layer 3: the Optimizer. The class gathers; :func:`~fused_mup.optim.adamw.adamw` dispatches."""
+
+from fused_mup.launcher import KernelConfig
+from fused_mup.optim.adamw import AdamW
+
+__all__ = ["AdamW", "KernelConfig"]

@@ -1,0 +1,73 @@
+"""Fused ``clip_grad_norm_``: one grad-norm pass whose coefficient the next step applies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.amp.grad_scaler import OptState
+
+from fused_mup import launcher
+from fused_mup.kernels.tables import CLIP_SLOTS, ClipSlot
+from fused_mup.launcher import KernelConfig
+from fused_mup.optim.plan import Plan, real_view
+from fused_mup.reference import grad_norm_sumsq
+
+__all__ = ["PendingClip", "fused_grad_norm", "take_scaler"]
+
+
+@dataclass
+class PendingClip:
+    """What ``clip_grad_norm_`` hands to the next ``step()``."""
+
+    buffer: Tensor  # the clip buffer (ClipSlot); the returned norm is a view of it
+    grad_addresses: list[int]  # the grads it measured: a step on other grads drops it
+    grad_scale: Tensor | None  # GradScaler's scale, when the norm replaced its unscale pass
+
+
+def take_scaler(grad_scaler: torch.amp.GradScaler, optimizer_id: int):
+    """GradScaler's scale and this optimizer's entry in it, checked as unscale_() does."""
+    if grad_scaler._scale is None:
+        raise RuntimeError(
+            "clip_grad_norm_(grad_scaler=...) needs a scaler that has scaled a loss: call "
+            "scaler.scale(loss).backward() first."
+        )
+    state = grad_scaler._per_optimizer_states[optimizer_id]
+    if state["stage"] is OptState.UNSCALED:
+        raise RuntimeError(
+            "unscale_() has already been called on this optimizer since the last update()."
+        )
+    if state["stage"] is OptState.STEPPED:
+        raise RuntimeError("unscale_() is being called after step().")
+    return grad_scaler._scale, state
+
+
+def fused_grad_norm(
+    plan: Plan,
+    grads: list[Tensor | None],
+    device: torch.device,
+    grad_scale: Tensor,
+    max_norm: float,
+    config: KernelConfig,
+) -> Tensor:
+    """The clip buffer for ``max_norm``: one grad-norm launch per bucket, plus the plain twin
+    for the tensors the kernel does not take, summed over ranks for sharded params."""
+    # Fresh per call: the returned norm and GradScaler's found_inf are views of it.
+    clip = torch.empty(CLIP_SLOTS, dtype=torch.float32, device=device)
+    for n, (bucket, _) in enumerate(plan.buckets):
+        launcher.launch_grad_norm(bucket, grad_scale, clip, max_norm, n > 0, config)
+    if plan.plain:
+        sumsq = grad_norm_sumsq([real_view(grads[ref.flat]) for ref in plan.plain], grad_scale)
+        if plan.buckets:
+            sumsq = sumsq + clip[ClipSlot.SUMSQ]
+        clip[ClipSlot.SUMSQ] = sumsq
+        clip[ClipSlot.MAX_NORM] = max_norm
+    if plan.plain or plan.sharded:
+        if plan.sharded:
+            # FSDP2 / DTensor shards: the norm is over the whole model, so sum across ranks.
+            torch.distributed.all_reduce(
+                clip[ClipSlot.SUMSQ : ClipSlot.SUMSQ + 1], group=plan.sharded
+            )
+        clip[ClipSlot.NONFINITE] = (~torch.isfinite(clip[ClipSlot.SUMSQ])).float()
+    return clip

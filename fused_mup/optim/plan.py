@@ -1,0 +1,355 @@
+"""The plan of a step: which tensors go to which kernel launch and which to the plain twin.
+
+A plan is rebuilt only when something structural changes (params, their sizes, the state dict,
+the compile-time switches, the tile config); per step it costs one scan of data pointers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fused_mup import launcher
+from fused_mup.launcher import Bucket, BucketKey, KernelConfig, TensorSlot
+from fused_mup.optim.modes import update_mode
+from fused_mup.optim.state import CountingStateDict, prepare_state
+from fused_mup.optim.validation import KERNEL_DTYPES
+
+if TYPE_CHECKING:
+    from fused_mup.optim.adamw import AdamW
+
+try:  # DTensor params (FSDP2, tensor parallel): the kernel updates their local shards.
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - torch built without distributed
+    DTensor = None
+
+__all__ = [
+    "ParamRef",
+    "Plan",
+    "Planner",
+    "local",
+    "param_name",
+    "real_view",
+    "refuse_during_capture",
+]
+
+
+def local(t: Tensor) -> Tensor:
+    """The tensor whose memory the kernel touches: a DTensor's local shard, else ``t``."""
+    if DTensor is not None and isinstance(t, DTensor):
+        return t.to_local()
+    return t
+
+
+def real_view(t: Tensor) -> Tensor:
+    """Local, and real: complex tensors are updated through view_as_real, as torch does."""
+    t = local(t)
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def is_dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: its elements fill its storage span, in any dim order."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def param_name(param_groups: list[dict[str, Any]], gi: int, pi: int) -> str:
+    """How errors name a parameter: by its name if the groups carry ``param_names``."""
+    group = param_groups[gi]
+    p = group["params"][pi]
+    desc = f"shape {tuple(p.shape)}, {p.dtype}, {p.device}"
+    names = group.get("param_names")
+    if names is not None and pi < len(names):
+        return f"parameter '{names[pi]}' (param group {gi}, {desc})"
+    return f"parameter {pi} of param group {gi} ({desc})"
+
+
+def refuse_during_capture(what: str) -> None:
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"fused_mup.AdamW: {what} during CUDA graph capture. Run a few eager steps "
+            "first and keep params and grads static while capturing."
+        )
+
+
+class ParamRef(NamedTuple):
+    """Where a param sits: its index over all groups, its group, its index in the group."""
+
+    flat: int
+    group: int
+    index: int
+
+
+class _Entry(NamedTuple):
+    """A param with a grad, checked, while a plan is built."""
+
+    ref: ParamRef
+    param: Tensor
+    grad: Tensor
+    where: str
+    use_kernel: bool
+
+
+class _Unsupported:
+    """Stands in for a process group where a fused grad norm would be wrong."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __bool__(self) -> bool:
+        raise NotImplementedError(
+            f"fused clip_grad_norm_ over DTensor shards supports one 1-D mesh of Shard "
+            f"placements; got {self.why}. Use torch.nn.utils.clip_grad_norm_."
+        )
+
+
+@dataclass
+class Plan:
+    """What a step launches, valid while params, grads and states stay where they are."""
+
+    param_addresses: list[int]  # per param in group order; -1 where it had no grad
+    grad_addresses: list[int]
+    buckets: list[tuple[Bucket, list[int]]]  # a launch and the flat indices of its slots
+    plain: list[ParamRef]  # params updated by the plain-torch twin
+    switches: list[tuple]  # per group: the keys that pick a bucket (compile-time switches)
+    grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
+    sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
+    sizes: list[int] = field(default_factory=list)  # numel per param with a grad, -1 without
+    config: KernelConfig | None = None  # the tile sizes the chunk tables were built with
+    state_version: tuple[int, int] = (0, -1)  # id and version of optimizer.state when built
+    has_dtensor: bool = False
+    grad_copy_any: bool = False
+    grads_moved: bool = True  # grad addresses changed since the tables were last written
+
+
+def _switches(param_groups: list[dict[str, Any]]) -> list[tuple]:
+    """Per group, what the plan depends on besides addresses: the compile-time switches
+    and the group's size (a param moved between groups keeps its address)."""
+    return [
+        (bool(g["amsgrad"]), bool(g["maximize"]), g["bf16_update"], len(g["params"]))
+        for g in param_groups
+    ]
+
+
+def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
+    real_dtype = p.real.dtype if p.is_complex() else p.dtype
+    dense = is_dense(local(p))
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        if real_dtype not in KERNEL_DTYPES:
+            raise TypeError(
+                f"backend='triton' supports float32, bfloat16 and float16 params; "
+                f"{where} is {p.dtype}. Use backend='auto' to update it with plain torch."
+            )
+        if not dense:
+            raise RuntimeError(
+                f"backend='triton' needs dense params; {where} has strides {p.stride()}"
+            )
+        launcher.require_triton(f"backend='triton' ({where})")
+        if not launcher.triton_available_for(p.device):
+            raise RuntimeError(
+                f"backend='triton' cannot run on {where}: Triton runs CUDA tensors, and CPU "
+                "tensors only in its interpreter (set TRITON_INTERPRET=1 before importing "
+                "triton)."
+            )
+        return True
+    return (
+        p.device.type == "cuda"
+        and real_dtype in KERNEL_DTYPES
+        and dense
+        and launcher.triton_available_for(p.device)
+    )
+
+
+def _shard_group(entries: list[_Entry]) -> Any:
+    """The process group whose ranks each hold a shard of the grads, or None."""
+    if DTensor is None:
+        return None
+    dtensors = [e.param for e in entries if isinstance(e.param, DTensor)]
+    if not dtensors:
+        return None
+    meshes = {p.device_mesh for p in dtensors}
+    mesh = next(iter(meshes))
+    placements = {pl for p in dtensors for pl in p.placements}
+    if len(meshes) > 1 or len(dtensors) != len(entries) or mesh.ndim != 1:
+        return _Unsupported(
+            "params on several meshes, a mix of DTensors and tensors, or a multi-dimensional mesh"
+        )
+    if not all(pl.is_shard() for pl in placements):
+        return _Unsupported(f"placements {sorted(map(str, placements))} (Shard only)")
+    return mesh.get_group()
+
+
+def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan:
+    # Validate everything before touching anything, so an error loses no state.
+    entries: list[_Entry] = []
+    flat = 0
+    for gi, group in enumerate(opt.param_groups):
+        for pi, p in enumerate(group["params"]):
+            g = grads[flat]
+            if g is not None:
+                where = param_name(opt.param_groups, gi, pi)
+                if g.is_sparse:
+                    raise RuntimeError(
+                        "AdamW does not support sparse gradients, please consider "
+                        f"SparseAdam instead ({where})"
+                    )
+                if g.device != p.device or g.shape != p.shape or g.dtype != p.dtype:
+                    raise RuntimeError(
+                        f"grad of {where} is {tuple(g.shape)}, {g.dtype}, {g.device}; it "
+                        "must match the parameter's shape, dtype and device"
+                    )
+                use = _use_kernel(p, opt.backend, where)
+                entries.append(_Entry(ParamRef(flat, gi, pi), p, g, where, use))
+            flat += 1
+
+    by_key: dict[BucketKey, tuple[list[TensorSlot], list[int], list[int]]] = {}
+    plain: list[ParamRef] = []
+    grad_copies: dict[int, bool] = {}
+    for ref, p, g, where, use in entries:
+        group = opt.param_groups[ref.group]
+        mode = update_mode(p, group, where)
+        state = prepare_state(opt.state[p], p, group, mode, opt.state_dtype, where)
+        if not use:
+            plain.append(ref)
+            continue
+        exp_avg = real_view(state["exp_avg"])
+        key = BucketKey(
+            device=p.device,
+            param_dtype=real_view(p).dtype,
+            state_dtype=exp_avg.dtype,
+            amsgrad=bool(group["amsgrad"]),
+            maximize=bool(group["maximize"]),
+            update=mode.code,
+        )
+        slot = TensorSlot(
+            param=real_view(p),
+            exp_avg=exp_avg,
+            exp_avg_sq=real_view(state["exp_avg_sq"]),
+            max_exp_avg_sq=real_view(state["max_exp_avg_sq"]) if group["amsgrad"] else None,
+            step=state["step"],
+            group_index=ref.group,
+            aux=real_view(state[mode.aux_key]) if mode.aux_key else None,
+        )
+        slots, indices, addresses = by_key.setdefault(key, ([], [], []))
+        slots.append(slot)
+        indices.append(ref.flat)
+        grad_copies[ref.flat] = local(g).stride() != local(p).stride()
+        addresses.append(0 if grad_copies[ref.flat] else local(g).data_ptr())
+
+    buckets = [
+        (launcher.build_bucket(key, slots, addresses, opt.kernel_config), indices)
+        for key, (slots, indices, addresses) in by_key.items()
+    ]
+    return Plan(
+        param_addresses=[
+            local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
+        ],
+        grad_addresses=[local(g).data_ptr() if g is not None else -1 for g in grads],
+        buckets=buckets,
+        plain=plain,
+        switches=_switches(opt.param_groups),
+        sharded=_shard_group(entries),
+        has_dtensor=DTensor is not None and any(isinstance(e.param, DTensor) for e in entries),
+        grad_copy_any=any(grad_copies.values()),
+        grad_copies=grad_copies,
+    )
+
+
+class Planner:
+    """Keeps the current plan; rebuilds it only when the cheap per-step key changes."""
+
+    def __init__(self) -> None:
+        self.plan: Plan | None = None
+
+    def invalidate(self) -> None:
+        self.plan = None
+
+    def current(self, opt: AdamW, grads: list[Tensor | None]) -> Plan:
+        """The cached plan, or a new one if params or states moved.
+
+        Per step this costs lists of data pointers and sizes and an O(1) check of the state
+        dict; only grads that moved to new tensors are looked at further.
+        """
+        params = [p for group in opt.param_groups for p in group["params"]]
+        plan = self.plan
+        try:
+            if plan is None or plan.has_dtensor:
+                grad_addresses = [local(g).data_ptr() if g is not None else -1 for g in grads]
+                param_addresses = [
+                    local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
+                ]
+            else:  # the common case, without a function call per tensor
+                grad_addresses = [g.data_ptr() if g is not None else -1 for g in grads]
+                param_addresses = [
+                    p.data_ptr() if g is not None else -1 for p, g in zip(params, grads)
+                ]
+            # p.data = p.data[:n] keeps the address: sizes are part of the key too.
+            sizes = [p.numel() if g is not None else -1 for p, g in zip(params, grads)]
+        except RuntimeError:  # e.g. a sparse grad has no data pointer; the full check says so
+            param_addresses, grad_addresses, sizes = [], [], []
+        if (
+            plan is not None
+            and param_addresses == plan.param_addresses
+            and sizes == plan.sizes
+            and (id(opt.state), getattr(opt.state, "version", -2)) == plan.state_version
+            and _switches(opt.param_groups) == plan.switches
+            and opt.kernel_config == plan.config
+        ):
+            if grad_addresses != plan.grad_addresses:
+                # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
+                refuse_during_capture("grads moved to new tensors")
+                for i, (new, old) in enumerate(zip(grad_addresses, plan.grad_addresses)):
+                    if new != old and grads[i] is not None and i in plan.grad_copies:
+                        g, p = local(grads[i]), local(params[i])
+                        plan.grad_copies[i] = g.stride() != p.stride()
+                plan.grad_copy_any = any(plan.grad_copies.values())
+                plan.grad_addresses = grad_addresses
+                plan.grads_moved = True
+            return plan
+        refuse_during_capture("the set of params, or where they live, changed")
+        if not isinstance(opt.state, CountingStateDict):  # replaced by a caller: keep counting
+            opt.state = CountingStateDict(dict, opt.state)
+        plan = _build(opt, params, grads)
+        plan.state_version = (id(opt.state), opt.state.version)
+        plan.sizes = sizes
+        plan.config = opt.kernel_config
+        self.plan = plan
+        return plan
+
+    def point_at_grads(self, params: list[Tensor], grads: list[Tensor | None]) -> list[Tensor]:
+        """Writes this step's grad addresses into the tables if grads moved; returns grad
+        copies to keep alive until the launches are enqueued."""
+        plan = self.plan
+        if not plan.grads_moved and not plan.grad_copy_any:
+            return []
+        refs = []
+        if plan.grad_copy_any:
+            refuse_during_capture("grads need a copy to match their params' strides")
+        for bucket, flat_indices in plan.buckets:
+            if plan.grad_copy_any:
+                addresses = []
+                for i in flat_indices:
+                    g = grads[i]
+                    if plan.grad_copies.get(i):
+                        # A copy with the param's strides, for a grad laid out differently.
+                        copy = torch.empty_like(local(params[i]))
+                        copy.copy_(local(g))
+                        refs.append(copy)
+                        g = copy
+                    addresses.append(local(g).data_ptr())
+            else:
+                addresses = [plan.grad_addresses[i] for i in flat_indices]
+            launcher.update_grad_addresses(bucket, addresses)
+        plan.grads_moved = False
+        return refs

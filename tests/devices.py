@@ -1,0 +1,25 @@
+"""Devices the tests run on: the plain path everywhere, the kernel where it can run."""
+
+import os
+
+import pytest
+import torch
+
+__all__ = ["DEVICES", "INTERPRETING", "kernel_devices"]
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def kernel_devices() -> list:
+    """Devices on which the Triton kernel can run in this process, as pytest params."""
+    return [
+        pytest.param(
+            d,
+            marks=pytest.mark.skipif(
+                d == "cpu" and not INTERPRETING,
+                reason="CPU kernel runs need TRITON_INTERPRET=1; the cuda twin runs instead",
+            ),
+        )
+        for d in DEVICES
+    ]
