@@ -12,8 +12,8 @@
 # BENCH_ARGS (e.g. "--smoke"), and the *_TIMEOUT values below.
 #
 # Time plan (seconds, defaults; override with the env vars):
-#   install 60 + tests $TESTS_TIMEOUT=180 + bench $BENCH_TIMEOUT=270 + pytest-benchmark
-#   $PYBENCH_TIMEOUT=60 + device info ~5  =  ~575 s worst case.
+#   install 60 + check 60 + tests $TESTS_TIMEOUT=180 + bench $BENCH_TIMEOUT=240 + pytest-benchmark
+#   $PYBENCH_TIMEOUT=60 + device info ~5  =  ~605 s worst case if every step runs to its limit.
 set -u -o pipefail
 
 if [[ $# -lt 1 ]]; then
@@ -29,7 +29,7 @@ REPO=$(pwd)
 unset TRITON_INTERPRET
 PY=${PYTHON:-python}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-270}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 PYBENCH_TIMEOUT=${PYBENCH_TIMEOUT:-60}
 # --quick: 4 workloads (124M, 1.3B, Llama 1B, many-small) and shorter timing loops;
 # --budget-s: stop starting new runs well before the timeout kills the process;
@@ -89,13 +89,17 @@ if [[ -z ${SKIP_INSTALL:-} ]]; then
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
-# 3. The test suite on CUDA.
+# 3. The parity check users run in their CI (table + JSON), first, so it exists if later
+#    steps time out.
+run check 60 "$PY" -m fused_mup check --device cuda --json "$OUT/check.json"
+
+# 4. The test suite on CUDA.
 run tests "$TESTS_TIMEOUT" "$PY" -m pytest -q ${TESTS:-tests}
 
-# 4. The benchmark (python -m works even if the console script did not install).
+# 5. The benchmark (python -m works even if the console script did not install).
 run bench "$BENCH_TIMEOUT" "$PY" -m fused_mup bench --no-progress --out "$OUT/bench" $BENCH_ARGS
 
-# 5. pytest-benchmark entry points (tiny sizes; compile cases skipped for time).
+# 6. pytest-benchmark entry points (tiny sizes; compile cases skipped for time).
 run pytest_bench "$PYBENCH_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider bench/bench_adamw.py \
     -k "not torch_compile" --benchmark-json "$OUT/pytest-benchmark.json"
 
