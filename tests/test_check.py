@@ -24,6 +24,7 @@ def test_cli_check_cpu_passes_and_writes_json(tmp_path, capsys):
     assert "PASSED" in out and "trajectory/amsgrad" in out
     report = json.loads(path.read_text())
     assert report["passed"] is True and report["device"] == "cpu"
+    assert report["tolerances"]["fp32"] == {"rel": 1e-6, "abs": 2e-6}  # the published table
     cases = {(r["case"], r["dtype"]) for r in report["rows"]}
     for flag in ("plain", "amsgrad", "maximize"):
         for dtype in ("fp32", "bf16", "fp16"):

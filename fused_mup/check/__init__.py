@@ -38,6 +38,7 @@ from torch import nn
 from fused_mup.check import cases
 from fused_mup.check.cases import DTYPES, load_factory
 from fused_mup.check.report import CheckReport, CheckRow
+from fused_mup.tolerances import TOLERANCES
 
 __all__ = ["DTYPES", "CheckReport", "CheckRow", "check", "load_factory", "main"]
 
@@ -92,7 +93,8 @@ def check(
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
         raise ValueError(f"unknown dtypes {unknown}; choose from {sorted(DTYPES)}")
-    report = CheckReport(device, backend, _versions(device))
+    tolerances = {name: dict(TOLERANCES[dt]) for name, dt in DTYPES.items()}
+    report = CheckReport(device, backend, _versions(device), tolerances=tolerances)
     todo: list[tuple[str, Callable[[], CheckRow | list[CheckRow]]]] = []
     for dt in dtypes:
         for flag in cases.FLAGS:

@@ -213,7 +213,10 @@ def grad_scaler_case(device: str, backend: str, seed: int, *, clip: float | None
     init = _initial([s["shapes"] for s in _GROUPS], seed)
     fused = _fused_run(init, dtype, device, {}, backend, _GROUPS)
     ref = _torch_run(init, dtype, device, {}, _GROUPS)
-    scalers = [torch.amp.GradScaler(device, init_scale=2.0**12, growth_interval=2) for _ in "ab"]
+    scalers = [
+        torch.amp.GradScaler(torch.device(device).type, init_scale=2.0**12, growth_interval=2)
+        for _ in "ab"
+    ]
     gen = torch.Generator().manual_seed(seed + 1)
     inf_step = 3
     norms: list[tuple[float, float]] = []

@@ -31,6 +31,7 @@ class CheckReport:
     backend: str
     versions: dict[str, str | None]
     rows: list[CheckRow] = field(default_factory=list)
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> rel, abs
 
     @property
     def passed(self) -> bool:
@@ -72,6 +73,7 @@ class CheckReport:
             "device": self.device,
             "backend": self.backend,
             "versions": self.versions,
+            "tolerances": self.tolerances,
             "passed": self.passed,
             "rows": rows,
         }
