@@ -131,9 +131,11 @@ class AdamW(torch.optim.Optimizer):
         self._reset_caches()
         super().__init__(params, defaults)
         self.state = CountingStateDict(dict, self.state)
-        # GradScaler hands us grad_scale / found_inf instead of unscaling and checking itself
-        # through separate passes (torch's fused optimizers do the same).
-        self._step_supports_amp_scaling = True
+        # False, as torch.optim.AdamW: GradScaler.step unscales and checks the grads itself.
+        # True (torch's fused optimizers) makes Lightning refuse gradient_clip_val with any
+        # mixed precision. clip_grad_norm_(grad_scaler=...) sets it for the one step that
+        # follows, so that the scaler hands over its scale and inf flag on the device instead.
+        self._step_supports_amp_scaling = False
 
     def _reset_caches(self) -> None:
         """The derived, rebuildable attributes: listed once, for __init__ and unpickling."""
@@ -219,6 +221,7 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._update()
+        self._step_supports_amp_scaling = False  # back to GradScaler's own unscale pass
         return loss
 
     # Dynamo cannot trace the launch (its tables hold raw addresses), so inside a compiled
@@ -322,6 +325,9 @@ class AdamW(torch.optim.Optimizer):
         if scaler_state is not None:
             scaler_state["found_inf_per_device"] = {device: clip[ClipSlot.NONFINITE]}
             scaler_state["stage"] = OptState.UNSCALED
+            # scaler.step(opt) then passes found_inf on the device (no host read) and calls
+            # step(), which skips on inf inside the kernel.
+            self._step_supports_amp_scaling = True
         return total_norm
 
     # ---- per-step helpers ---------------------------------------------------------------------
