@@ -7,7 +7,7 @@ the compile-time switches, the tile config); per step it costs one scan of data 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -18,9 +18,6 @@ from fused_mup.optim.cpu_fused import CpuFusedGroup, takes
 from fused_mup.optim.modes import update_mode
 from fused_mup.optim.state import CountingStateDict, prepare_state
 from fused_mup.optim.validation import KERNEL_DTYPES
-
-if TYPE_CHECKING:
-    from fused_mup.optim.adamw import AdamW
 
 try:  # DTensor params (FSDP2, tensor parallel): the kernel updates their local shards.
     from torch.distributed.tensor import DTensor
@@ -81,6 +78,16 @@ def refuse_during_capture(what: str) -> None:
             f"fused_mup.AdamW: {what} during CUDA graph capture. Run a few eager steps "
             "first and keep params and grads static while capturing."
         )
+
+
+class PlannedOptimizer(Protocol):
+    """What a plan reads from the optimizer (``fused_mup.AdamW``)."""
+
+    param_groups: list[dict[str, Any]]
+    state: Any
+    backend: str
+    state_dtype: torch.dtype | None
+    kernel_config: KernelConfig
 
 
 class ParamRef(NamedTuple):
@@ -194,7 +201,7 @@ def _shard_group(entries: list[_Entry]) -> Any:
     return mesh.get_group()
 
 
-def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan:
+def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | None]) -> Plan:
     # Validate everything before touching anything, so an error loses no state.
     entries: list[_Entry] = []
     flat = 0
@@ -321,7 +328,7 @@ class Planner:
     def invalidate(self) -> None:
         self.plan = None
 
-    def current(self, opt: AdamW, grads: list[Tensor | None]) -> Plan:
+    def current(self, opt: PlannedOptimizer, grads: list[Tensor | None]) -> Plan:
         """The cached plan, or a new one if params or states moved.
 
         Per step this costs lists of data pointers and sizes and an O(1) check of the state
