@@ -156,7 +156,16 @@ class AdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in EXTRA_GROUP_KEYS.items():
                 group.setdefault(key, value)
-            group.setdefault("decoupled_weight_decay", True)
+            # As torch.optim.AdamW: a loaded torch.optim.Adam checkpoint says False.
+            group["decoupled_weight_decay"] = True
+            for p in group["params"]:
+                # As torch: a plain-number step (older or hand-written checkpoints) becomes a
+                # tensor, here on the param's device where the kernel counts it.
+                p_state = self.state.get(p)
+                if isinstance(p_state, dict) and not torch.is_tensor(p_state.get("step", 0)):
+                    p_state["step"] = torch.tensor(
+                        float(p_state["step"]), dtype=torch.float32, device=p.device
+                    )
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("state_dtype", None)
         self.__dict__.setdefault("kernel_config", KernelConfig())

@@ -146,9 +146,14 @@ def prepare_state(
                 + ", ".join(f"{k}={state[k].dtype}" for k in keys)
             )
     step = state.get("step")
-    if not torch.is_tensor(step):
+    if not torch.is_tensor(step):  # an older or hand-written checkpoint: torch converts it too
         step = torch.tensor(float(step or 0.0))
-    if step.device != p.device or step.dtype != torch.float32 or step.dim() != 0:
+    if (
+        step is not state.get("step")
+        or step.device != p.device
+        or step.dtype != torch.float32
+        or step.dim() != 0
+    ):
         state["step"] = step.to(device=p.device, dtype=torch.float32).reshape(())
     for key in keys:
         value = state[key]

@@ -54,6 +54,11 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             f"Invalid weight_decay_mode: {group['weight_decay_mode']!r}{suffix}; "
             f"expected one of {WEIGHT_DECAY_MODES}"
         )
+    if not group.get("decoupled_weight_decay", True):
+        raise ValueError(
+            f"decoupled_weight_decay=False{suffix}: fused_mup.AdamW applies decoupled (AdamW) "
+            "weight decay only; use torch.optim.Adam for L2 weight decay."
+        )
     if group["bf16_update"] not in UPDATE_MODES:
         raise ValueError(
             f"Invalid bf16_update: {group['bf16_update']!r}{suffix}; "
