@@ -176,7 +176,10 @@ class AdamW(torch.optim.Optimizer):
         """torch's format, with plain dicts, so that ``torch.load(weights_only=True)`` and
         torch.optim.AdamW read it."""
         out = super().state_dict()
-        out["state"] = {k: dict(v) for k, v in out["state"].items()}
+        # Entries need not be per-param dicts (a state_dict hook may store anything).
+        out["state"] = {
+            k: dict(v) if isinstance(v, dict) else v for k, v in out["state"].items()
+        }
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -64,6 +64,21 @@ def test_plain_number_step_in_a_checkpoint_is_converted(device, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_state_entries_that_are_not_per_param_dicts(backend):
+    """torch's state_dict / load_state_dict hook tests store plain values in optimizer.state."""
+    ours, opt, theirs, ref = _pair("cpu", backend)
+    opt.register_state_dict_pre_hook(lambda o: o.state.__setitem__("test", 1))
+    assert opt.state_dict()["state"]["test"] == 1
+    opt.register_load_state_dict_post_hook(lambda o: o.state.__setitem__("loaded", True))
+    opt.load_state_dict(opt.state_dict())
+    assert opt.state["loaded"] is True
+    _step(ours, opt, theirs, ref, 0)
+    sd = opt.state_dict()
+    assert sd["state"]["loaded"] is True and sd["state"]["test"] == 1
+    assert_close(ours[0], theirs[0], FP32, "a step beside non-dict state entries")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_adam_checkpoint_loads_as_decoupled(backend):
     """torch.optim.AdamW forces decoupled_weight_decay=True on load; so do we."""
     ours, opt, theirs, ref = _pair("cpu", backend, weight_decay=0.1)
