@@ -28,6 +28,7 @@ from fused_mup.optim.validation import (
     EXTRA_GROUP_KEYS,
     KERNEL_DTYPES,
     check_hyperparameters,
+    to_scalar,
 )
 from fused_mup.reference import adamw_step_
 
@@ -78,7 +79,7 @@ class AdamW(torch.optim.Optimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
         lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
@@ -109,7 +110,9 @@ class AdamW(torch.optim.Optimizer):
             **EXTRA_GROUP_KEYS,
             "bf16_update": bf16_update,
         }
+        # Before the params are read, as torch: a bad argument is reported as such.
         check_hyperparameters(defaults, where="")
+        defaults["betas"] = tuple(map(to_scalar, defaults["betas"]))
         if differentiable:
             raise NotImplementedError(
                 "fused_mup.AdamW does not support differentiable=True: the fused kernel updates "
@@ -145,8 +148,9 @@ class AdamW(torch.optim.Optimizer):
     # ---- param groups and checkpoints -------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        filled = {**self.defaults, **param_group}
-        check_hyperparameters(filled, where=f"param group {len(self.param_groups)}")
+        if isinstance(param_group, dict):  # else torch's own TypeError below
+            filled = {**self.defaults, **param_group}
+            check_hyperparameters(filled, where=f"param group {len(self.param_groups)}")
         super().add_param_group(param_group)
         self._planner.invalidate()
 
@@ -177,9 +181,7 @@ class AdamW(torch.optim.Optimizer):
         torch.optim.AdamW read it."""
         out = super().state_dict()
         # Entries need not be per-param dicts (a state_dict hook may store anything).
-        out["state"] = {
-            k: dict(v) if isinstance(v, dict) else v for k, v in out["state"].items()
-        }
+        out["state"] = {k: dict(v) if isinstance(v, dict) else v for k, v in out["state"].items()}
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
