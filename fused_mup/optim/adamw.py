@@ -373,6 +373,8 @@ def adamw(
     groups = opt.param_groups
     capturable = any(g["capturable"] for g in groups)
     values = group_scalars(groups) if plan.plain or not capturable else []
+    for param, staging in plan.staged:
+        staging.copy_(param)
     for bucket, _ in plan.buckets:
         device = bucket.key.device
         scale, inf = opt._amp_tensors(device, grad_scale, found_inf)
@@ -381,6 +383,8 @@ def adamw(
         else:
             table = opt._group_tables.get(device, values)
         launcher.launch(bucket, table, scale, inf, opt.kernel_config, clip=clip, seed=opt.seed)
+    for param, staging in plan.staged:
+        param.copy_(staging)
 
     for ref in plan.plain:
         group = groups[ref.group]

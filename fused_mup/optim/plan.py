@@ -15,7 +15,7 @@ from torch import Tensor
 from fused_mup import launcher
 from fused_mup.launcher import Bucket, BucketKey, KernelConfig, TensorSlot
 from fused_mup.optim.modes import update_mode
-from fused_mup.optim.state import CountingStateDict, prepare_state
+from fused_mup.optim.state import CountingStateDict, is_dense, layout_strides, prepare_state
 from fused_mup.optim.validation import KERNEL_DTYPES
 
 if TYPE_CHECKING:
@@ -48,18 +48,6 @@ def real_view(t: Tensor) -> Tensor:
     """Local, and real: complex tensors are updated through view_as_real, as torch does."""
     t = local(t)
     return torch.view_as_real(t) if t.is_complex() else t
-
-
-def is_dense(t: Tensor) -> bool:
-    """Non-overlapping and dense: its elements fill its storage span, in any dim order."""
-    if t.is_contiguous():
-        return True
-    expected = 1
-    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def param_name(param_groups: list[dict[str, Any]], gi: int, pi: int) -> str:
@@ -129,6 +117,8 @@ class Plan:
     has_dtensor: bool = False
     grad_copy_any: bool = False
     grads_moved: bool = True  # grad addresses changed since the tables were last written
+    # Non-dense params the kernel updates through a dense copy: (param, staging) pairs.
+    staged: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
 def _switches(param_groups: list[dict[str, Any]]) -> list[tuple]:
@@ -142,7 +132,6 @@ def _switches(param_groups: list[dict[str, Any]]) -> list[tuple]:
 
 def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
     real_dtype = p.real.dtype if p.is_complex() else p.dtype
-    dense = is_dense(local(p))
     if backend == "torch":
         return False
     if backend == "triton":
@@ -150,10 +139,6 @@ def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
             raise TypeError(
                 f"backend='triton' supports float32, bfloat16 and float16 params; "
                 f"{where} is {p.dtype}. Use backend='auto' to update it with plain torch."
-            )
-        if not dense:
-            raise RuntimeError(
-                f"backend='triton' needs dense params; {where} has strides {p.stride()}"
             )
         launcher.require_triton(f"backend='triton' ({where})")
         if not launcher.triton_available_for(p.device):
@@ -166,7 +151,6 @@ def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
     return (
         p.device.type == "cuda"
         and real_dtype in KERNEL_DTYPES
-        and dense
         and launcher.triton_available_for(p.device)
     )
 
@@ -216,6 +200,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
     by_key: dict[BucketKey, tuple[list[TensorSlot], list[int], list[int]]] = {}
     plain: list[ParamRef] = []
     grad_copies: dict[int, bool] = {}
+    staged: list[tuple[Tensor, Tensor]] = []
     for ref, p, g, where, use in entries:
         group = opt.param_groups[ref.group]
         mode = update_mode(p, group, where)
@@ -224,6 +209,13 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
             plain.append(ref)
             continue
         exp_avg = real_view(state["exp_avg"])
+        target = local(p)
+        if not is_dense(target):
+            # The kernel walks memory in order: it updates a dense copy, which the step copies
+            # in and out (two extra copies of the param per step, see docs/optimizer.md).
+            staging = torch.empty_like(target)
+            staged.append((target, staging))
+            target = staging
         key = BucketKey(
             device=p.device,
             param_dtype=real_view(p).dtype,
@@ -233,7 +225,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
             update=mode.code,
         )
         slot = TensorSlot(
-            param=real_view(p),
+            param=real_view(target),
             exp_avg=exp_avg,
             exp_avg_sq=real_view(state["exp_avg_sq"]),
             max_exp_avg_sq=real_view(state["max_exp_avg_sq"]) if group["amsgrad"] else None,
@@ -244,7 +236,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
         slots, indices, addresses = by_key.setdefault(key, ([], [], []))
         slots.append(slot)
         indices.append(ref.flat)
-        grad_copies[ref.flat] = local(g).stride() != local(p).stride()
+        grad_copies[ref.flat] = local(g).stride() != target.stride()
         addresses.append(0 if grad_copies[ref.flat] else local(g).data_ptr())
 
     buckets = [
@@ -263,6 +255,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
         has_dtensor=DTensor is not None and any(isinstance(e.param, DTensor) for e in entries),
         grad_copy_any=any(grad_copies.values()),
         grad_copies=grad_copies,
+        staged=staged,
     )
 
 
@@ -312,7 +305,7 @@ class Planner:
                 for i, (new, old) in enumerate(zip(grad_addresses, plan.grad_addresses)):
                     if new != old and grads[i] is not None and i in plan.grad_copies:
                         g, p = local(grads[i]), local(params[i])
-                        plan.grad_copies[i] = g.stride() != p.stride()
+                        plan.grad_copies[i] = g.stride() != layout_strides(p)
                 plan.grad_copy_any = any(plan.grad_copies.values())
                 plan.grad_addresses = grad_addresses
                 plan.grads_moved = True

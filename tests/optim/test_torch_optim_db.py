@@ -79,7 +79,7 @@ def _arrange(params: list[Tensor], layout: str, kwargs: dict) -> list:
     return list(params)
 
 
-@pytest.mark.parametrize("layout", ["tensors", "named", "groups"])
+@pytest.mark.parametrize("layout", ["tensors", "named", "groups", "noncontiguous"])
 @pytest.mark.parametrize("backend", _backend_params())
 @pytest.mark.parametrize(("device", "optim_input"), _inputs())
 def test_trajectory_matches_torch(device, optim_input, backend, layout):
