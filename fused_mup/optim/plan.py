@@ -119,6 +119,16 @@ class Plan:
     grads_moved: bool = True  # grad addresses changed since the tables were last written
     # Non-dense params the kernel updates through a dense copy: (param, staging) pairs.
     staged: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    # The state tensors the tables point at, and their addresses: `t.data = ...` (the
+    # optimizer_to(device) offload snippet) moves a storage without touching optimizer.state.
+    state_tensors: list[Tensor] = field(default_factory=list)
+    state_addresses: list[int] = field(default_factory=list)
+
+
+def _addresses(tensors: list[Tensor], has_dtensor: bool) -> list[int]:
+    if has_dtensor:
+        return [local(t).data_ptr() for t in tensors]
+    return list(map(Tensor.data_ptr, tensors))  # the per-step scan: no call per tensor in Python
 
 
 def _switches(param_groups: list[dict[str, Any]]) -> list[tuple]:
@@ -153,6 +163,15 @@ def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
         and real_dtype in KERNEL_DTYPES
         and launcher.triton_available_for(p.device)
     )
+
+
+def _kernel_state_keys(group: dict[str, Any], mode: Any) -> list[str]:
+    keys = ["exp_avg", "exp_avg_sq", "step"]
+    if group["amsgrad"]:
+        keys.append("max_exp_avg_sq")
+    if mode.aux_key:
+        keys.append(mode.aux_key)
+    return keys
 
 
 def _shard_group(entries: list[_Entry]) -> Any:
@@ -201,6 +220,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
     plain: list[ParamRef] = []
     grad_copies: dict[int, bool] = {}
     staged: list[tuple[Tensor, Tensor]] = []
+    state_tensors: list[Tensor] = []
     for ref, p, g, where, use in entries:
         group = opt.param_groups[ref.group]
         mode = update_mode(p, group, where)
@@ -233,6 +253,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
             group_index=ref.group,
             aux=real_view(state[mode.aux_key]) if mode.aux_key else None,
         )
+        state_tensors += [state[k] for k in _kernel_state_keys(group, mode)]
         slots, indices, addresses = by_key.setdefault(key, ([], [], []))
         slots.append(slot)
         indices.append(ref.flat)
@@ -243,6 +264,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
         (launcher.build_bucket(key, slots, addresses, opt.kernel_config), indices)
         for key, (slots, indices, addresses) in by_key.items()
     ]
+    has_dtensor = DTensor is not None and any(isinstance(e.param, DTensor) for e in entries)
     return Plan(
         param_addresses=[
             local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
@@ -252,10 +274,12 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
         plain=plain,
         switches=_switches(opt.param_groups),
         sharded=_shard_group(entries),
-        has_dtensor=DTensor is not None and any(isinstance(e.param, DTensor) for e in entries),
+        has_dtensor=has_dtensor,
         grad_copy_any=any(grad_copies.values()),
         grad_copies=grad_copies,
         staged=staged,
+        state_tensors=state_tensors,
+        state_addresses=_addresses(state_tensors, has_dtensor),
     )
 
 
@@ -298,6 +322,7 @@ class Planner:
             and (id(opt.state), getattr(opt.state, "version", -2)) == plan.state_version
             and _switches(opt.param_groups) == plan.switches
             and opt.kernel_config == plan.config
+            and _addresses(plan.state_tensors, plan.has_dtensor) == plan.state_addresses
         ):
             if grad_addresses != plan.grad_addresses:
                 # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
@@ -310,7 +335,7 @@ class Planner:
                 plan.grad_addresses = grad_addresses
                 plan.grads_moved = True
             return plan
-        refuse_during_capture("the set of params, or where they live, changed")
+        refuse_during_capture("the set of params or states, or where they live, changed")
         if not isinstance(opt.state, CountingStateDict):  # replaced by a caller: keep counting
             opt.state = CountingStateDict(dict, opt.state)
         plan = _build(opt, params, grads)

@@ -94,3 +94,37 @@ def test_states_follow_params_when_a_checkpoint_has_other_strides(device, case):
     opt.load_state_dict(saved)
     _steps([(ours, opt), (theirs, ref)], 2, 2, device)
     _check(ours, opt, theirs, ref, "after a checkpoint with other strides")
+
+
+def _optimizer_to(optim, device):
+    """The widely copied offload snippet: moves every state tensor by swapping its .data."""
+    for param in optim.state.values():
+        if isinstance(param, torch.Tensor):
+            param.data = param.data.to(device)
+        elif isinstance(param, dict):
+            for subparam in param.values():
+                if isinstance(subparam, torch.Tensor):
+                    subparam.data = subparam.data.to(device)
+
+
+@pytest.mark.parametrize("swap", ["all-states", "exp_avg-only"])
+@pytest.mark.parametrize("device", kernel_devices())
+def test_state_storage_swapped_with_data_is_picked_up(device, swap):
+    ours, opt, theirs, ref = _optimizers("fp32-amsgrad", device)
+    _steps([(ours, opt), (theirs, ref)], 0, 2, device)
+    if swap == "all-states":
+        _optimizer_to(opt, "cpu")  # offload ...
+        _optimizer_to(opt, device)  # ... and back: new storages, same tensors in opt.state
+        for st in opt.state.values():
+            st["exp_avg"].data = st["exp_avg"].data.clone()  # new storage even on CPU
+            st["step"].data = st["step"].data.clone()
+    else:
+        for st in opt.state.values():
+            st["exp_avg"].data = st["exp_avg"].data.clone()
+    _steps([(ours, opt), (theirs, ref)], 2, 3, device)
+    saved = opt.state_dict()
+    for i, b in enumerate(theirs.parameters()):
+        assert saved["state"][i]["step"].item() == ref.state[b]["step"].item() == 5
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            assert_close(saved["state"][i][key], ref.state[b][key], torch.float32, key)
+    _check(ours, opt, theirs, ref, f"after swapping {swap}")
