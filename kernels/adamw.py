@@ -143,7 +143,8 @@ def _update_block(
     # of torch's result.
     if AMSGRAD:
         max_exp_avg_sq = _load(max_exp_avg_sq_ptr, offsets, mask, MASKED).to(tl.float32)
-        max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq)
+        # NaN-propagating, as torch.maximum: the default drops a NaN operand (max.f32).
+        max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
         denom = tl.div_rn(tl.sqrt_rn(max_exp_avg_sq), bias_correction2_sqrt) + eps
         _store(max_exp_avg_sq_ptr, offsets, _round_to(max_exp_avg_sq, STATE_DTYPE), mask, MASKED)
     else:
@@ -214,10 +215,14 @@ def adamw_kernel(
     eps = tl.load(group_row + C_EPS).to(tl.float32)
 
     # GradScaler: scale and found_inf are read on the device; an inf step changes nothing,
-    # its step count included. Clipping: torch's coefficient, min(1, max_norm / (norm + 1e-6)).
+    # its step count included. Clipping: torch's coefficient, min(1, max_norm / (norm + 1e-6)),
+    # NaN for a NaN norm as torch's clamp gives (the default minimum would drop the NaN and
+    # update every finite element with its unclipped grad).
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
     clip_coef = tl.minimum(
-        tl.load(clip_ptr + C_MAX_NORM) / (tl.sqrt_rn(tl.load(clip_ptr + C_SUMSQ)) + 1e-6), 1.0
+        tl.load(clip_ptr + C_MAX_NORM) / (tl.sqrt_rn(tl.load(clip_ptr + C_SUMSQ)) + 1e-6),
+        1.0,
+        propagate_nan=tl.PropagateNan.ALL,
     ).to(tl.float32)
     update = tl.load(found_inf_ptr) == 0
     old_step = tl.load(step_ptr)
@@ -268,8 +273,10 @@ def adamw_kernel(
     # Every program of a tensor reads the old step above; the last one to finish writes the new
     # one, so a single launch needs no second pass and no host round trip. The barrier makes
     # every warp of this program read the old step before its one atomic counts it as done.
+    # acq_rel, explicitly: the last program's acquire orders its step write after every other
+    # program's reads of the old step.
     tl.debug_barrier()
-    finished = tl.atomic_add(done_count_ptr + tensor_idx, 1)
+    finished = tl.atomic_add(done_count_ptr + tensor_idx, 1, sem="acq_rel")
     if finished == n_chunks - 1:
         tl.store(step_ptr, step)
         tl.store(done_count_ptr + tensor_idx, 0)

@@ -68,7 +68,8 @@ def grad_norm_kernel(
         acc += grad * grad
     tl.store(partials_ptr + pid, tl.sum(acc, axis=0))
 
-    finished = tl.atomic_add(done_count_ptr, 1)
+    # acq_rel: releases this program's partial, and the last one acquires everyone's.
+    finished = tl.atomic_add(done_count_ptr, 1, sem="acq_rel")
     if finished == n_programs - 1:
         total = tl.zeros((BLOCK,), tl.float32)
         first = 0
