@@ -16,25 +16,55 @@ from fused_mup.kernels.tables import GroupCol
 __all__ = ["GroupTables", "decay", "group_scalars", "peak_lr"]
 
 
-def peak_lr(group: dict[str, Any], lr: Any) -> Any:
-    """The LR that independent decay is relative to: OneCycleLR's ``max_lr`` (its
-    ``initial_lr`` is the warm-up start), else ``initial_lr`` (set by every torch scheduler),
-    else the current lr, so that without a scheduler the ratio is 1."""
-    return group.get("max_lr", group.get("initial_lr", lr))
+def _as_float(x: Any) -> float:
+    return float(x) if isinstance(x, Tensor) else float(x or 0.0)
+
+
+def peak_lr(group: dict[str, Any], lr: float) -> float:
+    """The LR that independent decay is relative to, kept in ``group["peak_lr"]``.
+
+    It is the running maximum of the group's lr, never below OneCycleLR's ``max_lr``, a
+    scheduler's ``initial_lr`` or a ``peak_lr`` the user set: lr never exceeds it, so decay never
+    exceeds ``wd_eff`` and the factor ``1 - decay`` stays in [0, 1] whatever changes lr
+    (CyclicLR, whose ``initial_lr`` is its minimum, ReduceLROnPlateau, a hand-written lr). It is
+    saved in checkpoints with the group, so a resumed run keeps it. Without a scheduler the
+    ratio is 1.
+    """
+    peak = max(
+        lr,
+        _as_float(group.get("peak_lr")),
+        _as_float(group.get("max_lr")),
+        _as_float(group.get("initial_lr")),
+    )
+    group["peak_lr"] = peak
+    return peak
 
 
 def decay(group: dict[str, Any], lr: float) -> float:
     """The fraction of each param that weight decay removes this step.
 
     coupled (torch's rule): ``lr * lr_mult * weight_decay * wd_mult``;
-    independent: ``(lr / peak_lr) * weight_decay * wd_mult``.
+    independent: ``(lr / peak_lr) * weight_decay * wd_mult`` (:func:`peak_lr`).
     """
     wd_eff = group["weight_decay"] * group["wd_mult"]
     if group["weight_decay_mode"] == "coupled":
         return lr * group["lr_mult"] * wd_eff
     peak = peak_lr(group, lr)
-    peak = float(peak) if isinstance(peak, Tensor) else peak
     return (lr / peak if peak else 0.0) * wd_eff
+
+
+def _device_peak(group: dict[str, Any], lr: Tensor) -> Tensor:
+    """:func:`peak_lr` for a device tensor lr: a device tensor updated in place, so that a CUDA
+    graph replays it (created on an eager step, where reading the floats is allowed)."""
+    peak = group.get("peak_lr")
+    if not isinstance(peak, Tensor) or peak.device != lr.device or peak.dtype != lr.dtype:
+        start = max(
+            _as_float(peak), _as_float(group.get("max_lr")), _as_float(group.get("initial_lr"))
+        )
+        peak = lr.detach().clamp(min=start)
+        group["peak_lr"] = peak
+    torch.maximum(peak, lr, out=peak)
+    return peak
 
 
 def group_scalars(param_groups: list[dict[str, Any]]) -> list[float]:
@@ -104,16 +134,12 @@ class GroupTables:
                     f"{device}; put the lr tensor on the params' device."
                 )
             wd_eff = group["weight_decay"] * group["wd_mult"]
-            peak = peak_lr(group, lr)
             if group["weight_decay_mode"] == "coupled":
                 rows.append([mult, mult * wd_eff, *tail])
                 scaled.append((gi, lr, None))
-            elif isinstance(peak, Tensor):  # lr * (wd_eff / peak), divided on the device
+            else:  # lr * (wd_eff / peak), divided on the device
                 rows.append([mult, wd_eff, *tail])
-                scaled.append((gi, lr, peak))
-            else:  # a float peak folds into the static row
-                rows.append([mult, wd_eff / peak if peak else 0.0, *tail])
-                scaled.append((gi, lr, None))
+                scaled.append((gi, lr, _device_peak(group, lr)))
         values = [v for row in rows for v in row]
         if values != self.values or device not in self.tables:
             if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -129,5 +155,6 @@ class GroupTables:
                 table[gi, GroupCol.LR : GroupCol.DECAY + 1] *= lr64
             else:
                 table[gi, GroupCol.LR] *= lr64
-                table[gi, GroupCol.DECAY] *= lr64 / peak.to(device=device, dtype=torch.float64)
+                peak64 = peak.to(device=device, dtype=torch.float64)
+                table[gi, GroupCol.DECAY] *= lr64 / peak64.clamp_min(1e-300)  # lr 0: no decay
         return table
