@@ -161,6 +161,14 @@ class AdamW(torch.optim.Optimizer):
         super().add_param_group(param_group)
         self._planner.invalidate()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (defaults, state, param_groups) plus our constructor settings, so that
+        copy.deepcopy and pickle keep the backend, state dtype, seed and tile sizes."""
+        out = super().__getstate__()
+        for key in ("backend", "state_dtype", "seed", "kernel_config"):
+            out[key] = self.__dict__[key]
+        return out
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.state = CountingStateDict(dict, self.state)
