@@ -5,6 +5,7 @@ The decay rule is written once, in :func:`decay`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 from fused_mup import launcher
 from fused_mup.kernels.tables import GroupCol
 
-__all__ = ["GroupTables", "decay", "group_scalars", "peak_lr"]
+__all__ = ["GroupTables", "decay", "group_scalars", "peak_lr", "to_torch_state_dict"]
 
 
 def _as_float(x: Any) -> float:
@@ -158,3 +159,47 @@ class GroupTables:
                 peak64 = peak.to(device=device, dtype=torch.float64)
                 table[gi, GroupCol.DECAY] *= lr64 / peak64.clamp_min(1e-300)  # lr 0: no decay
         return table
+
+
+# Group keys that hold an lr, as schedulers record them: scaled with lr when baking lr_mult.
+_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+
+
+def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a ``fused_mup.AdamW`` state dict that ``torch.optim.AdamW`` runs as we do.
+
+    torch ignores group keys it does not know, so a checkpoint with ``lr_mult`` / ``wd_mult``
+    loaded as it is would run at the unmultiplied lr and decay, silently. This bakes them in:
+    each group's ``lr`` (and the ``initial_lr`` / ``max_lr`` / ``min_lr`` that schedulers keep in
+    the group) is multiplied by ``lr_mult``, and ``weight_decay`` becomes the value whose torch
+    decay ``lr * weight_decay`` is ours at every later lr: ``weight_decay * wd_mult`` for coupled
+    decay, ``weight_decay * wd_mult / (peak_lr * lr_mult)`` for independent decay. The result says
+    ``lr_mult = wd_mult = 1`` and ``"coupled"``, so loading it back into fused_mup does not apply
+    the multipliers twice.
+
+    An LR scheduler's own state dict (its ``base_lrs``) is not part of this: create the scheduler
+    anew on the torch optimizer, or multiply its ``base_lrs`` by each group's ``lr_mult``.
+    """
+    out = copy.deepcopy(state_dict)
+    for group in out["param_groups"]:
+        lr = group["lr"]
+        lr = float(lr) if isinstance(lr, Tensor) else lr
+        lr_mult, wd_eff = (
+            group.get("lr_mult", 1.0),
+            group["weight_decay"] * group.get("wd_mult", 1.0),
+        )
+        if group.get("weight_decay_mode", "coupled") == "independent":
+            peak = max(
+                lr,
+                _as_float(group.get("peak_lr")),
+                _as_float(group.get("max_lr")),
+                _as_float(group.get("initial_lr")),
+            )
+            group["weight_decay"] = wd_eff / (peak * lr_mult) if peak * lr_mult else 0.0
+        else:
+            group["weight_decay"] = wd_eff
+        for key in _LR_KEYS:
+            if key in group:
+                group[key] = group[key] * lr_mult
+        group.update(lr_mult=1.0, wd_mult=1.0, weight_decay_mode="coupled", peak_lr=None)
+    return out
