@@ -124,6 +124,10 @@ class GroupTables:
         rows, scaled = [], []
         for gi, group in enumerate(param_groups):
             lr, mult = group["lr"], group["lr_mult"]
+            if isinstance(lr, Tensor) and lr.device.type == "cpu" != device.type:
+                # A CPU tensor lr for device params (torch's optim_db "Tensor lr with
+                # capturable" inputs): read on the host, no sync; a graph bakes its value.
+                lr = float(lr)
             beta1, beta2 = group["betas"]
             tail = [float(beta1), float(beta2), float(group["eps"])]
             if not isinstance(lr, Tensor):
