@@ -10,12 +10,12 @@ import triton
 import triton.language as tl
 from fused_mup.kernels.tables import (
     C_CHUNK_COLS,
+    C_CHUNK_END,
     C_CHUNK_START,
     C_CHUNK_TENSOR,
     C_GRAD,
     C_MAX_NORM,
     C_NONFINITE,
-    C_NUMEL,
     C_SUMSQ,
     C_TENSOR_COLS,
     address,
@@ -49,7 +49,6 @@ def grad_norm_kernel(
     grad_scale_ptr,  # fp32 scalar: the norm is of grad / grad_scale
     clip_ptr,  # fp32 [CLIP_SLOTS] out: ClipSlot.SUMSQ, MAX_NORM, NONFINITE
     n_programs,
-    chunk_size,
     max_norm,
     accumulate,  # 1: add to clip_ptr[0] (a second dtype bucket), 0: overwrite
     PARAM_DTYPE: tl.constexpr,
@@ -62,11 +61,10 @@ def grad_norm_kernel(
     start = tl.multiple_of(tl.load(chunk_row + C_CHUNK_START), BLOCK)
     row = tensor_table_ptr + tensor_idx * C_TENSOR_COLS
     grad_addr = tl.load(row + C_GRAD)
-    numel = tl.load(row + C_NUMEL)
     # Unscale before squaring so that a large loss scale cannot overflow the fp32 sum.
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
 
-    end = tl.minimum(start + chunk_size, numel)
+    end = tl.load(chunk_row + C_CHUNK_END)
     # Whole blocks unmasked, with vector loads where this grad is 16-byte aligned (decided per
     # tensor, as in the AdamW kernel), then one masked tail.
     full_end = start + (end - start) // BLOCK * BLOCK

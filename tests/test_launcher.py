@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import kernel_devices
+from fused_mup.kernels.tables import ChunkCol, TensorCol
 from tolerances import assert_close
 
 from fused_mup import launcher
@@ -57,11 +58,13 @@ def test_element_offsets_past_2_to_the_31_are_int64(device):
     bucket = launcher.build_bucket(key, [slot], [grad.data_ptr()], config)
     shift = offset * 4  # bytes
     table = bucket.tensor_table_host.clone()
-    for col in (0, 1, 2, 3):  # param, grad, exp_avg, exp_avg_sq addresses
+    for col in (TensorCol.PARAM, TensorCol.GRAD, TensorCol.EXP_AVG, TensorCol.EXP_AVG_SQ):
         table[0, col] -= shift
-    table[0, 7] = offset + 100  # numel as seen from the shifted base
     bucket.tensor_table = table.to(device)
-    bucket.chunk_table = torch.tensor([[0, offset]], dtype=torch.int64, device=device)
+    chunks = bucket.chunk_table.cpu().clone()
+    chunks[0, ChunkCol.START] = offset
+    chunks[0, ChunkCol.END] = offset + 100  # the tensor's end as seen from the shifted base
+    bucket.chunk_table = chunks[:1].to(device)
     bucket.n_programs = 1
     _launch(bucket, device, config)
     assert_close(slot.param, expected, torch.float32, "param updated through int64 offsets")
@@ -126,13 +129,13 @@ def test_mixed_alignment_launch_matches_the_plain_twin(device, amsgrad, monkeypa
     from fused_mup.kernels import adamw as adamw_module
 
     taken = []
-    real = adamw_module._update_full_blocks
+    real = adamw_module._update_range
 
     def spy(*args):
         taken.append(bool(args[-2]))  # ALIGNED
         return real(*args)
 
-    monkeypatch.setattr(adamw_module, "_update_full_blocks", spy)
+    monkeypatch.setattr(adamw_module, "_update_range", spy)
     config = KernelConfig(block=32, chunk_size=64)
     sizes = [1, 100, 70, 33]
     params = _carved(sizes, [0, 0, 1, 0], device)  # tensor 2: a param at a 4-byte offset

@@ -3,7 +3,8 @@ properties the design relies on, read off the PTX and SASS (not timed):
 
 - alignment is decided per tensor at run time: one kernel holds both the 16-byte vector loop and
   the scalar one, so a misaligned tensor in a launch does not cost the others their vectors;
-- the step counters' atomics are acq_rel, and the clip / AMSGrad min and max propagate NaN.
+- the step counters' atomics are acq_rel, and the clip / AMSGrad min and max propagate NaN;
+- the bias corrections take no long chain of fp64 multiplies.
 """
 
 from __future__ import annotations
@@ -61,3 +62,11 @@ def test_atomics_are_acq_rel_and_min_max_propagate_nan(compiled):
             assert v["ptx"].get("min.NaN.f32", 0) >= 1, key  # the clip coefficient
             if "amsgrad1" in key:
                 assert v["ptx"].get("max.NaN.f32", 0) >= 8, key  # every element of the max
+
+
+def test_short_fp64_prologue(compiled):
+    # Before: beta**step by 31 squarings per beta, 143 fp64 instructions before the first
+    # vector load of the fp32 kernel; now two fp64 exps, a divide and a square root.
+    for key, v in compiled.items():
+        if key.startswith("adamw-"):
+            assert 0 < v["sass"]["prologue_fp64"] <= 80, (key, v["sass"])
