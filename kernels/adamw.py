@@ -180,12 +180,21 @@ def _update_block(
 @triton.jit
 def _pointer(entry, DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, UPDATE: tl.constexpr,
              ALIGNED: tl.constexpr):  # fmt: skip
-    """A table address as a pointer; ALIGNED: the tensor's addresses are 16-byte aligned."""
+    """A table address as a pointer. ALIGNED (the tensor's addresses are 16-byte aligned): the
+    widest dtype of the variant gets 16-byte accesses and a 16-bit tensor among fp32 ones 8-byte
+    accesses, so that every tensor has 4 elements per thread per access. One thread layout for
+    all: a bf16 param beside fp32 states needs no layout conversion through shared memory."""
     ptr = entry.to(tl.pointer_type(DTYPE))
     if not ALIGNED:
         return ptr
+    # The hint goes on the pointer: alignment analysis does not see through int-to-pointer.
+    elif DTYPE == tl.float32:
+        return tl.multiple_of(ptr, 16)
+    elif STATE_DTYPE == tl.float32:
+        return tl.multiple_of(ptr, 8)
+    elif UPDATE == C_UPDATE_MASTER:  # fp32 master weights
+        return tl.multiple_of(ptr, 8)
     else:
-        # The hint goes on the pointer: alignment analysis does not see through int-to-pointer.
         return tl.multiple_of(ptr, 16)
 
 

@@ -4,6 +4,8 @@ properties the design relies on, read off the PTX and SASS (not timed):
 - alignment is decided per tensor at run time: one kernel holds both the 16-byte vector loop and
   the scalar one, so a misaligned tensor in a launch does not cost the others their vectors;
 - the step counters' atomics are acq_rel, and the clip / AMSGrad min and max propagate NaN;
+- no shared-memory layout conversion in any variant (bf16 and fp32 tensors share one layout):
+  every variant has the fp32 kernel's barriers and shared stores, no more;
 - the bias corrections take no long chain of fp64 multiplies.
 """
 
@@ -54,6 +56,15 @@ def test_vector_and_scalar_loops_share_one_kernel(compiled, amsgrad):
     assert compiled["norm-fp32"]["ptx"].get("ld.global.v4.b32", 0) >= 2
 
 
+def test_bf16_kernels_use_vector_accesses(compiled):
+    for key in ("adamw-bf16-fp32-amsgrad0-update0", "adamw-bf16-fp32-amsgrad0-update3"):
+        ptx = compiled[key]["ptx"]
+        assert ptx.get("ld.global.v4.b32", 0) >= 4, (key, ptx)  # fp32 moments
+        assert ptx.get("ld.global.v2.b32", 0) >= 4, (key, ptx)  # bf16 param and grad
+    ptx = compiled["adamw-bf16-amsgrad0-update0"]["ptx"]
+    assert ptx.get("ld.global.v4.b32", 0) >= 4, ptx
+
+
 def test_atomics_are_acq_rel_and_min_max_propagate_nan(compiled):
     for key, v in compiled.items():
         atomics = {k for k in v["ptx"] if k.startswith("atom.")}
@@ -62,6 +73,16 @@ def test_atomics_are_acq_rel_and_min_max_propagate_nan(compiled):
             assert v["ptx"].get("min.NaN.f32", 0) >= 1, key  # the clip coefficient
             if "amsgrad1" in key:
                 assert v["ptx"].get("max.NaN.f32", 0) >= 8, key  # every element of the max
+
+
+def test_no_layout_conversions_through_shared_memory(compiled):
+    base = compiled["adamw-fp32-amsgrad0-update0"]["sass"]
+    for key, v in compiled.items():
+        if key.startswith("adamw-"):
+            sass = v["sass"]
+            assert sass["bar_sync"] <= base["bar_sync"], (key, sass)
+            assert sass["shared_st"] <= base["shared_st"], (key, sass)
+            assert v["shared"] <= 16, (key, v["shared"])
 
 
 def test_short_fp64_prologue(compiled):
