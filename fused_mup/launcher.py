@@ -110,8 +110,8 @@ class Bucket:
     n_programs: int
     # Keeps every storage the tables point at alive, even if a tensor's .data is swapped.
     storages: list
-    partials: torch.Tensor  # fp32 [n_programs], scratch of the grad-norm kernel
-    norm_done_count: torch.Tensor  # int32 [1]
+    partials: torch.Tensor  # fp32 [n_programs + n_runs], scratch of the grad-norm kernel
+    norm_done_count: torch.Tensor  # int32 [1 + n_runs]
     states_aligned: bool  # every param / state address is 16-byte aligned (informational)
     grad_addresses: list[int] = field(default_factory=list)
 
@@ -199,6 +199,7 @@ def build_bucket(
     chunk_host = torch.tensor(chunks, dtype=torch.int64).reshape(-1, CHUNK_COLS)
     # Python ints, not the table: reading a tensor here would be a host read per build.
     states_aligned = all(row[c] % ALIGNMENT == 0 for row in rows for c in STATE_ADDRESS_COLS)
+    n_runs = -(-len(chunks) // config.block)
     return Bucket(
         key=key,
         slots=slots,
@@ -220,8 +221,10 @@ def build_bucket(
             )
             if t is not None
         ],  # fmt: skip
-        partials=torch.empty(len(chunks), dtype=torch.float32, device=key.device),
-        norm_done_count=torch.zeros(1, dtype=torch.int32, device=key.device),
+        # Per-program partials, then one sum per run of `block` programs (the grad-norm
+        # kernel's two-level reduction), and a counter for each level.
+        partials=torch.empty(len(chunks) + n_runs, dtype=torch.float32, device=key.device),
+        norm_done_count=torch.zeros(1 + n_runs, dtype=torch.int32, device=key.device),
         states_aligned=states_aligned,
         grad_addresses=list(grad_addresses),
     )

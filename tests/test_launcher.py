@@ -174,3 +174,35 @@ def test_mixed_alignment_launch_matches_the_plain_twin(device, amsgrad, monkeypa
     # Per step, per program: sizes 1, 100, 70, 33 -> 1, 2, 2, 1 programs; tensors 1 and 2 are
     # misaligned (grad, param), tensors 0 and 3 aligned.
     assert taken == [True, False, False, False, False, True] * 2, taken
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_grad_norm_two_level_reduction_is_exact_and_repeatable(device):
+    """More programs than one run of BLOCK (here 32 programs a run, 34 programs): the per-run
+    sums and their total match float64, bit for bit on repeat, scratch counters reset, and a
+    second bucket adds to the first (accumulate)."""
+    config = KernelConfig(block=32, chunk_size=32)
+    sizes = [32 * 16 + 5, 1, 32 * 15, 0]  # 17 + 1 + 15 + 1 programs
+    slots = [_slot(n, device) for n in sizes]
+    grads = [torch.randn(n, device=device) * 3 for n in sizes]
+    key = BucketKey(torch.device(device), torch.float32, torch.float32, False, False)
+    bucket = launcher.build_bucket(key, slots, [g.data_ptr() for g in grads], config)
+    assert bucket.n_programs == 34 and bucket.norm_done_count.numel() == 1 + 2
+    scale = torch.full((1,), 2.0, device=device)
+    want = sum((g.double() / 2).square().sum() for g in grads)
+    results = []
+    for _ in range(2):
+        clip = torch.full((3,), float("nan"), device=device)  # poisoned
+        launcher.launch_grad_norm(bucket, scale, clip, 1.5, False, config)
+        results.append(clip.clone())
+        assert bucket.norm_done_count.tolist() == [0, 0, 0], "scratch counters must reset"
+    assert abs(results[0][0].item() - want.item()) <= 1e-6 * want.item()
+    assert results[0][1].item() == 1.5 and results[0][2].item() == 0.0
+    assert all(torch.equal(r, results[0]) for r in results), "not bit-for-bit repeatable"
+    # A second bucket adds to the first's sum; a non-finite grad sets the flag.
+    other = launcher.build_bucket(key, slots[1:2], [grads[1].data_ptr()], config)
+    launcher.launch_grad_norm(other, scale, clip, 1.5, True, config)
+    assert clip[0].item() == pytest.approx(want.item() + (grads[1].double() / 2).square().item())
+    grads[1].fill_(float("inf"))
+    launcher.launch_grad_norm(bucket, scale, clip, 1.5, False, config)
+    assert clip[0].item() == float("inf") and clip[2].item() == 1.0
