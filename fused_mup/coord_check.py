@@ -1,10 +1,12 @@
 """Coordinate check: activation scale per layer across widths, after a few training steps.
 
-Trains a tiny transformer for a few AdamW steps at several widths under a preset and records
-each layer's mean |x| per step with forward hooks. Under ``mup`` the curves are flat in width;
-under ``sp`` the attention logits and output logits grow with width.
+:func:`coord_check` takes model factories ``{width: factory}``, as microsoft/mup's
+``get_coord_data`` does, so it checks any model: each factory returns ``(model, optimizer)``,
+and forward hooks record each layer's mean |x| at every step. Under a correct μP the curves
+are flat in width; under SP the attention logits and output logits grow with width.
+:func:`tiny_gpt_factories` gives the factories of :mod:`fused_mup.tiny_gpt` under a preset.
 
-CLI: ``fused-mup coord-check --presets sp mup --widths 64 128 256 512 --steps 5 --out DIR``
+CLI: ``fused-mup coord-check --presets sp,mup --widths 64,128,256,512 --steps 5 --out DIR``
 writes ``DIR/coord_check.png``, ``DIR/coord_check.csv`` and ``DIR/coord_check.md``.
 """
 
@@ -13,7 +15,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,94 +24,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fused_mup.presets import attention_scale, mup_init_, param_groups, scale_readout_
+from fused_mup import AdamW
+from fused_mup.cli_args import add_list, number, positive_int
+from fused_mup.presets import PRESETS
+from fused_mup.tiny_gpt import RECORDED, VOCAB, build
 
-__all__ = ["CoordCheckResult", "TinyTransformer", "coord_check", "main", "write_outputs"]
+__all__ = [
+    "CoordCheckResult",
+    "Factory",
+    "coord_check",
+    "main",
+    "random_batches",
+    "recorded_layer",
+    "tiny_gpt_factories",
+    "write_outputs",
+]
 
-# Presets whose model side is full μP (1/m readout, 1/d_head attention, μP init).
-_FULL_MUP = {"mup"}
-_RECORDED = ("attn_logits", "attn", "mlp")  # per block, plus wte and lm_head
-
-
-class _Tap(nn.Module):
-    """Identity with a name, so a forward hook can see an intermediate (attention logits)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-class _Block(nn.Module):
-    def __init__(self, d: int, n_head: int, attn_scale: float) -> None:
-        super().__init__()
-        self.n_head, self.attn_scale = n_head, attn_scale
-        self.ln1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
-        self.attn_logits = _Tap()
-        self.attn = nn.Linear(d, d, bias=False)  # output projection: its output is recorded
-        self.ln2 = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, 4 * d, bias=False)
-        self.mlp = nn.Linear(4 * d, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
-        s = self.attn_logits((q @ k.transpose(-1, -2)) * self.attn_scale)
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-        a = s.masked_fill(mask, float("-inf")).softmax(-1) @ v
-        x = x + self.attn(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(F.gelu(self.fc1(self.ln2(x))))
-
-
-class TinyTransformer(nn.Module):
-    """A small pre-LN GPT with a fixed head count (so d_head grows with width).
-
-    Args:
-        width: model width d.
-        vocab: vocabulary size.
-        n_layer: number of blocks.
-        n_head: number of heads (fixed across widths).
-        seq_len: maximum sequence length (positional table size).
-        attn_scale: attention logit scale; None means SP's ``1/sqrt(d_head)``.
-    """
-
-    def __init__(
-        self,
-        width: int,
-        vocab: int = 256,
-        n_layer: int = 2,
-        n_head: int = 4,
-        seq_len: int = 32,
-        attn_scale: float | None = None,
-    ) -> None:
-        super().__init__()
-        d_head = width // n_head
-        scale = 1 / math.sqrt(d_head) if attn_scale is None else attn_scale
-        self.wte = nn.Embedding(vocab, width)
-        self.wpe = nn.Embedding(seq_len, width)
-        self.blocks = nn.ModuleList(_Block(width, n_head, scale) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(width)
-        self.lm_head = nn.Linear(width, vocab, bias=False)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
+#: Builds one model and its optimizer; called once per seed (after ``torch.manual_seed``).
+Factory = Callable[[], tuple[nn.Module, torch.optim.Optimizer]]
 
 
 @dataclass
 class CoordCheckResult:
-    """Mean |x| per (width, step, layer) for one preset.
+    """Mean |x| per (width, step, layer) for one family of models.
 
     Attributes:
-        preset: the preset name.
+        name: what was checked (the preset name for :func:`tiny_gpt_factories`).
         widths: widths run, ascending.
         steps: number of recorded steps (step 1 is the forward at init).
         layers: recorded module names, in forward order.
         scale: ``{(width, step, layer): mean |x|}``, averaged over seeds.
     """
 
-    preset: str
+    name: str
     widths: list[int]
     steps: int
     layers: list[str]
@@ -127,128 +75,166 @@ class CoordCheckResult:
         )
 
 
-def _make_optimizer(
-    groups_fn, optimizer: str
-) -> tuple[torch.optim.Optimizer, list[dict]]:  # groups_fn(bake) -> groups
-    import fused_mup
+def _leaves(name: str, module: nn.Module) -> bool:
+    return bool(name) and next(module.children(), None) is None
 
-    fused_ready = isinstance(fused_mup.AdamW, type) and issubclass(
-        fused_mup.AdamW, torch.optim.Optimizer
-    )
-    if optimizer == "fused" or (optimizer == "auto" and fused_ready):
-        groups = groups_fn(False)
-        return fused_mup.AdamW(groups), groups
-    if optimizer not in ("auto", "torch"):
-        raise ValueError(f"optimizer must be 'auto', 'fused' or 'torch', got {optimizer!r}")
-    groups = groups_fn(True)  # torch optimizers need the multipliers folded in
-    return torch.optim.AdamW(groups), groups
+
+def _lm_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
 def coord_check(
-    preset: str,
-    widths: Sequence[int] = (64, 128, 256, 512),
-    steps: int = 5,
+    models: Mapping[int, Factory],
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
-    base_width: int | None = None,
-    lr: float = 1e-2,
-    weight_decay: float = 0.0,
-    n_layer: int = 2,
-    n_head: int = 4,
-    vocab: int = 256,
-    seq_len: int = 32,
-    batch_size: int = 8,
+    steps: int | None = None,
     seeds: int = 1,
-    std: float = 0.02,
-    zero_readout: bool = True,
-    optimizer: str = "auto",
+    layers: Callable[[str, nn.Module], bool] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _lm_loss,
+    name: str = "",
+    progress: bool = False,
 ) -> CoordCheckResult:
-    """Train :class:`TinyTransformer` for ``steps`` steps per width and record mean |x|.
-
-    ``mup`` also applies the full-μP model side: μP init (:func:`mup_init_`), a 1/m readout
-    multiplier and a ``sqrt(base_d_head)/d_head`` attention scale. Other presets use SP's model:
-    N(0, std²) init everywhere and ``1/sqrt(d_head)``. Tokens are random (fixed per seed).
+    """Train each width's model for ``steps`` steps and record every chosen layer's mean |x|.
 
     Args:
-        preset: a preset name from :data:`fused_mup.presets.PRESETS`.
-        widths: model widths (multiples of ``n_head``).
-        steps: training steps; the forward of step t (params after t-1 updates) is recorded.
-        base_width: width of the base model (default: the smallest width).
-        lr: base learning rate.
-        weight_decay: base weight decay.
-        n_layer: blocks.
-        n_head: heads (fixed across widths).
-        vocab: vocabulary size.
-        seq_len: sequence length.
-        batch_size: sequences per step.
-        seeds: seeds to average over.
-        std: init standard deviation at the base width.
-        zero_readout: under ``mup``, zero-initialise the readout (mup's ``readout_zero_init``),
-            so step 1's logits are 0 and later ones show only the learned part.
-        optimizer: ``"auto"`` (:class:`fused_mup.AdamW` with plain groups once it is a real
-            optimizer, else :class:`torch.optim.AdamW` with baked groups), ``"fused"`` or
-            ``"torch"``.
+        models: ``{width: factory}``; each factory returns a fresh ``(model, optimizer)``.
+        batches: ``(input, target)`` per step; the same batches for every width and seed.
+        steps: steps to run (default: ``len(batches)``); step t records the forward of the
+            params after t-1 updates.
+        seeds: seeds to average over (``torch.manual_seed(seed)`` before each factory call).
+        layers: ``(name, module) -> bool`` choosing the modules whose outputs are recorded
+            (default: every leaf module).
+        loss_fn: ``(output, target) -> loss`` (default: cross-entropy over the last dim).
+        name: label of the result.
+        progress: show a tqdm bar.
 
     Returns:
         The :class:`CoordCheckResult`.
     """
-    widths = sorted(widths)
-    base_width = widths[0] if base_width is None else base_width
-    full_mup = preset in _FULL_MUP
-    base_d_head = base_width // n_head
-
-    def build(w: int) -> TinyTransformer:
-        scale = attention_scale(w // n_head, base_d_head) if full_mup else None
-        return TinyTransformer(w, vocab, n_layer, n_head, seq_len, attn_scale=scale)
-
-    with torch.device("meta"):
-        base = build(base_width)
+    widths = sorted(models)
+    steps = len(batches) if steps is None else steps
+    if len(widths) < 2:
+        raise ValueError(f"a coordinate check needs >= 2 widths, got {widths}")
+    if not 1 <= steps <= len(batches):
+        raise ValueError(f"steps must be in [1, {len(batches)}] (the batches given), got {steps}")
+    pick = _leaves if layers is None else layers
     sums: dict[tuple[int, int, str], float] = {}
-    layers: list[str] = []
+    names: list[str] = []
+    bar = _bar(seeds * len(widths), name, progress)
     for seed in range(seeds):
-        gen = torch.Generator().manual_seed(1000 + seed)
-        data = torch.randint(0, vocab, (steps, batch_size, seq_len + 1), generator=gen)
         for w in widths:
             torch.manual_seed(seed)
-            model = build(w)
-            if full_mup:
-                groups = param_groups(model, preset, base_model=base)
-                mup_init_(groups, std=std, zero_readout=zero_readout)
-                scale_readout_(model.lm_head, base_width / w)
-            else:
-                for p in model.parameters():
-                    if p.ndim >= 2:
-                        nn.init.normal_(p, 0.0, std)
-
-            def groups_fn(bake: bool, model: nn.Module = model) -> list[dict]:
-                return param_groups(
-                    model, preset, base_model=base, lr=lr, weight_decay=weight_decay, bake=bake
-                )
-
-            opt, _ = _make_optimizer(groups_fn, optimizer)
+            model, opt = models[w]()
             record: dict[str, float] = {}
-            names: list[str] = []
-            hooks = []
-            for name, mod in model.named_modules():
-                if name in ("wte", "lm_head") or name.split(".")[-1] in _RECORDED:
-                    names.append(name)
+            hooks, names = [], []
+            for mod_name, mod in model.named_modules():
+                if pick(mod_name, mod):
+                    names.append(mod_name)
 
-                    def hook(_m, _i, out: torch.Tensor, name: str = name, rec=record) -> None:
-                        rec[name] = out.detach().abs().mean().item()
+                    def hook(_m, _i, out, key: str = mod_name, rec=record) -> None:
+                        rec[key] = out.detach().float().abs().mean().item()
 
                     hooks.append(mod.register_forward_hook(hook))
-            layers = names
-            for t in range(steps):
-                x, y = data[t, :, :-1], data[t, :, 1:]
-                logits = model(x)
-                for name, v in record.items():
-                    sums[(w, t + 1, name)] = sums.get((w, t + 1, name), 0.0) + v / seeds
-                loss = F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            for h in hooks:
-                h.remove()
-    return CoordCheckResult(preset, list(widths), steps, layers, sums)
+            try:
+                for t in range(steps):
+                    x, y = batches[t]
+                    loss = loss_fn(model(x), y)
+                    for key, v in record.items():
+                        sums[(w, t + 1, key)] = sums.get((w, t + 1, key), 0.0) + v / seeds
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            finally:
+                for h in hooks:
+                    h.remove()
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return CoordCheckResult(name, widths, steps, names, sums)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=f"coord-check {desc}".strip(), unit="model", file=sys.stderr)
+
+
+def tiny_gpt_factories(
+    preset: str,
+    widths: Sequence[int],
+    *,
+    base_width: int | None = None,
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    depth: int = 2,
+    heads: int = 4,
+    context: int = 32,
+    vocab: int = VOCAB,
+    zero_readout: bool = True,
+    optimizer: str = "fused",
+) -> dict[int, Factory]:
+    """``{width: factory}`` for :class:`fused_mup.tiny_gpt.TinyGPT` under ``preset``.
+
+    The model comes from :func:`fused_mup.tiny_gpt.build` (the transfer audit's glue) with the
+    attention logits exposed as ``blocks.i.attn.logits``; record them with
+    ``layers=recorded_layer``.
+
+    Args:
+        preset: a name from :data:`fused_mup.presets.PRESETS`.
+        widths: model widths (multiples of ``heads``).
+        base_width: the width at which every preset is SP (default: the smallest width).
+        lr, weight_decay: base hyperparameters.
+        depth, heads, context, vocab: the architecture.
+        zero_readout: under ``mup``, zero-initialize the readout (mup's
+            ``readout_zero_init``), so step 1's logits are 0.
+        optimizer: ``"fused"`` (:class:`fused_mup.AdamW` on the groups) or ``"torch"``
+            (:class:`torch.optim.AdamW` on baked groups: an outside check of the presets).
+    """
+    if optimizer not in ("fused", "torch"):
+        raise ValueError(f"optimizer must be 'fused' or 'torch', got {optimizer!r}")
+    base = min(widths) if base_width is None else base_width
+
+    def factory(w: int) -> Factory:
+        def make() -> tuple[nn.Module, torch.optim.Optimizer]:
+            model, groups = build(
+                preset,
+                w,
+                base_width=base,
+                depth=depth,
+                heads=heads,
+                context=context,
+                vocab=vocab,
+                lr=lr,
+                weight_decay=weight_decay,
+                record_attention=True,
+                zero_readout=zero_readout,
+                bake=optimizer == "torch",
+            )
+            opt = torch.optim.AdamW(groups) if optimizer == "torch" else AdamW(groups)
+            return model, opt
+
+        return make
+
+    return {w: factory(w) for w in widths}
+
+
+def recorded_layer(name: str, _module: nn.Module) -> bool:
+    """The tiny GPT's recorded layers: embeddings, attention logits and outputs, MLP, readout."""
+    return name.split(".")[-1] in RECORDED
+
+
+def random_batches(
+    steps: int, batch: int = 8, context: int = 32, vocab: int = VOCAB, seed: int = 1000
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` batches of uniformly random tokens, ``(input, next-token target)`` pairs."""
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, vocab, (steps, batch, context + 1), generator=gen)
+    return [(d[:, :-1], d[:, 1:]) for d in data]
 
 
 def _plot(results: Sequence[CoordCheckResult], path: Path) -> None:
@@ -269,7 +255,7 @@ def _plot(results: Sequence[CoordCheckResult], path: Path) -> None:
                 ax.plot(res.widths, ys, marker="o", ms=3, label=layer)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_title(f"{res.preset}  t={t}", fontsize=9)
+            ax.set_title(f"{res.name}  t={t}", fontsize=9)
             ax.set_xlabel("width", fontsize=8)
             ax.tick_params(labelsize=7)
         row[0].set_ylabel("mean |x|", fontsize=8)
@@ -297,14 +283,14 @@ def write_outputs(results: Sequence[CoordCheckResult], out_dir: str | Path) -> l
         wr.writerow(["preset", "width", "step", "layer", "mean_abs"])
         for r in results:
             for (w, t, layer), v in sorted(r.scale.items()):
-                wr.writerow([r.preset, w, t, layer, f"{v:.6g}"])
+                wr.writerow([r.name, w, t, layer, f"{v:.6g}"])
     layers = results[0].layers
     lines = [
         f"# Coordinate check (widths {results[0].widths}, {results[0].steps} steps)",
         "",
         "Slope of log mean|x| against log width at the last step (0 = flat in width).",
         "",
-        "| layer | " + " | ".join(r.preset for r in results) + " |",
+        "| layer | " + " | ".join(r.name for r in results) + " |",
         "|---|" + "---|" * len(results),
     ]
     lines += [
@@ -312,7 +298,7 @@ def write_outputs(results: Sequence[CoordCheckResult], out_dir: str | Path) -> l
         for layer in layers
     ]
     for r in results:
-        lines += ["", f"## {r.preset}: mean |x| at step {r.steps}", ""]
+        lines += ["", f"## {r.name}: mean |x| at step {r.steps}", ""]
         lines += ["| layer | " + " | ".join(str(w) for w in r.widths) + " |"]
         lines += ["|---|" + "---|" * len(r.widths)]
         lines += [
@@ -326,30 +312,60 @@ def write_outputs(results: Sequence[CoordCheckResult], out_dir: str | Path) -> l
     return [png_path, csv_path, md_path]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fused-mup coord-check`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="fused-mup coord-check",
+        description="Activation scale per layer of the tiny GPT across widths, after a few "
+        "AdamW steps, per preset. Lists: comma- or space-separated.",
+    )
+    add_list(p, "--presets", default=("sp", "mup"), help=", ".join(PRESETS))
+    add_list(p, "--widths", item=positive_int, default=(64, 128, 256, 512), help=">= 2 widths")
+    p.add_argument("--steps", type=positive_int, default=5)
+    p.add_argument("--lr", type=number, default=1e-2)
+    p.add_argument("--seeds", type=positive_int, default=1)
+    p.add_argument("--layers", type=positive_int, default=2, help="transformer blocks")
+    p.add_argument("--heads", type=positive_int, default=4, help="attention heads")
+    p.add_argument("--optimizer", choices=["fused", "torch"], default="fused")
+    p.add_argument("--out", default="coord_check", help="output directory")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     """``fused-mup coord-check``: run presets across widths, write a PNG and tables."""
-    p = argparse.ArgumentParser(prog="fused-mup coord-check", description=__doc__.splitlines()[0])
-    p.add_argument("--presets", nargs="+", default=["sp", "mup"], help="presets to compare")
-    p.add_argument("--widths", nargs="+", type=int, default=[64, 128, 256, 512])
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--layers", type=int, default=2, help="transformer blocks")
-    p.add_argument("--optimizer", choices=["auto", "fused", "torch"], default="auto")
-    p.add_argument("--out", default="coord_check", help="output directory")
+    p = build_parser()
     args = p.parse_args(argv)
-    results = [
-        coord_check(
+    bad = sorted(set(args.presets) - set(PRESETS))
+    if bad:
+        p.error(f"unknown presets {bad}; choose from {', '.join(PRESETS)}")
+    widths = sorted(set(args.widths))
+    if len(widths) < 2:
+        p.error(f"--widths needs at least 2 different widths, got {list(args.widths)}")
+    odd = [w for w in widths if w % args.heads]
+    if odd:
+        p.error(f"widths {odd} are not multiples of --heads {args.heads}")
+    batches = random_batches(args.steps)
+    results = []
+    for preset in args.presets:
+        factories = tiny_gpt_factories(
             preset,
-            args.widths,
-            args.steps,
+            widths,
             lr=args.lr,
-            seeds=args.seeds,
-            n_layer=args.layers,
+            depth=args.layers,
+            heads=args.heads,
             optimizer=args.optimizer,
         )
-        for preset in args.presets
-    ]
+        results.append(
+            coord_check(
+                factories,
+                batches,
+                seeds=args.seeds,
+                layers=recorded_layer,
+                name=preset,
+                progress=not args.no_progress,
+            )
+        )
     paths = write_outputs(results, args.out)
     print(Path(paths[2]).read_text().split("\n## ")[0])
     print("wrote " + ", ".join(str(x) for x in paths))

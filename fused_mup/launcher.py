@@ -11,7 +11,7 @@ device.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -128,9 +128,20 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
+def _triton_importable() -> bool:
+    # An import, not find_spec: a triton that is found but fails to import (a broken or
+    # mismatched install, or an import hook that refuses it) must count as missing too.
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def require_triton(where: str) -> None:
     """Raises a clear ImportError where the kernel is needed and triton is not installed."""
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_importable():
         raise ImportError(
             f"fused_mup: {where} needs the Triton kernel, but triton is not installed. Install "
             "it with `pip install triton` (Linux with CUDA; torch's CUDA wheels bring it), or "
@@ -140,11 +151,9 @@ def require_triton(where: str) -> None:
 
 def triton_available_for(device: torch.device) -> bool:
     """Whether the Triton kernel can run on tensors of ``device`` in this process."""
-    if importlib.util.find_spec("triton") is None:
-        return False
     if device.type == "cpu":
-        return _interpreting()
-    return device.type == "cuda"
+        return _interpreting() and _triton_importable()
+    return device.type == "cuda" and _triton_importable()
 
 
 def _upload(host: torch.Tensor, device: torch.device, out: torch.Tensor | None = None):

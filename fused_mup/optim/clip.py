@@ -57,13 +57,13 @@ def fused_grad_norm(
     clip = torch.empty(CLIP_SLOTS, dtype=torch.float32, device=device)
     for n, (bucket, _) in enumerate(plan.buckets):
         launcher.launch_grad_norm(bucket, grad_scale, clip, max_norm, n > 0, config)
-    if plan.plain:
-        sumsq = grad_norm_sumsq([real_view(grads[ref.flat]) for ref in plan.plain], grad_scale)
+    if plan.unlaunched:
+        sumsq = grad_norm_sumsq([real_view(grads[i]) for i in plan.unlaunched], grad_scale)
         if plan.buckets:
             sumsq = sumsq + clip[ClipSlot.SUMSQ]
         clip[ClipSlot.SUMSQ] = sumsq
         clip[ClipSlot.MAX_NORM] = max_norm
-    if plan.plain or plan.sharded:
+    if plan.unlaunched or plan.sharded:
         if plan.sharded:
             # FSDP2 / DTensor shards: the norm is over the whole model, so sum across ranks.
             torch.distributed.all_reduce(

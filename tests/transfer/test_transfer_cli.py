@@ -1,0 +1,167 @@
+"""``fused-mup transfer`` as a user runs it: usage errors, list syntax, the CPU-hours guard,
+one tiny end-to-end sweep and its report, the weight-decay and vocabulary experiments."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fused_mup.transfer import cli, experiments, load_results, main, run_key_id
+from fused_mup.transfer.claims import VERDICTS
+from fused_mup.transfer.experiments import run_vocab, run_weight_decay, vocab_spec
+from fused_mup.transfer.experiments import weight_decay_spec as wd_spec
+
+TINY = ["--depth", "1", "--heads", "2", "--context", "16", "--batch", "4", "--base-width", "16",
+        "--max-bytes", "300000", "--device", "cpu", "--no-progress"]  # fmt: skip
+
+
+def parse(*argv: str):
+    p = cli.build_parser()
+    return cli.spec_from_args(p.parse_args(cli.protect_negative_values(argv, cli.LIST_OPTIONS)), p)
+
+
+def test_list_syntax_and_negative_lr_range():
+    a = parse("--quick", "--lr-range", "-12,-4", "--widths", "32,64", "128", "--seeds", "0 1")
+    assert a.lrs == tuple(2.0**e for e in range(-12, -3))
+    assert a.widths == (32, 64, 128) and a.seeds == (0, 1)
+    assert parse("--lr-range", "-12", "-4").lrs == a.lrs
+    assert parse("--lr-range=-12,-4").lrs == a.lrs
+    b = parse("--lrs", "2**-10,1e-3", "--betas", "0.9,0.95", "--schedule", "linear")
+    assert b.lrs == (2.0**-10, 1e-3) and (b.beta1, b.beta2) == (0.9, 0.95)
+    assert b.schedule == "linear" and b.name == "full"
+    c = parse("--quick", "--tokens-per-param", "2", "--head-dim", "8", "--warmup", "0.05")
+    assert c.tokens is None and c.steps_for(64) > c.steps_for(32)
+    assert c.head_dim == 8 and c.warmup == 0.05
+    assert len(parse("--quick").seeds) >= 2  # --quick carries intervals
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--presets", "sp,mupp"], "unknown presets ['mupp']"),
+        (["--widths", "30,64"], "widths [30] are not multiples of --heads 8"),
+        (["--widths", "0"], "must be >= 1"),
+        (["--lr-range", "-4,-12"], "LO <= HI"),
+        (["--lr-range", "-4"], "LO <= HI"),
+        (["--lrs", "0,1e-3"], "learning rates must be > 0"),
+        (["--betas", "0.9"], "--betas takes B1,B2"),
+        (["--tokenizer", "bpe-100"], "with N > 256, got 'bpe-100'"),
+        (["--tokenizers", "bytes,words"], "'bytes' or 'bpe-<N>'"),
+        (["--warmup", "2"], "--warmup is a fraction"),
+        (["--lrs", "fast"], "not a number"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "-".join(x)[:24],
+)
+def test_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_long_cpu_run_needs_yes(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "estimate_seconds", lambda *a, **k: 5 * 3600.0)
+    ran = []
+    monkeypatch.setattr(cli, "run_sweep", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(
+        cli, "make_report", lambda out, *a, **k: (out / "report.md").write_text("r")
+    )
+    argv = ["--device", "cpu", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 2 and not ran
+    assert "estimated at 5.0 hours" in capsys.readouterr().err
+    assert main([*argv, "--yes"]) == 0 and len(ran) == 1
+
+
+def test_default_full_sweep_on_cpu_is_guarded(tmp_path, capsys):
+    # the real estimate of the default sweep on a CPU: hours, so it stops before training
+    assert main(["--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_end_to_end_cli_and_report(tmp_path):
+    argv = ["--widths", "16,32", "--lr-range=-8,-6", "--presets", "sp,mup_lr,sp_emb",
+            "--seeds", "0,1", "--tokens", "512", "--jobs", "1", "--bootstrap", "20",
+            "--out", str(tmp_path), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    recs = load_results(tmp_path)
+    assert len(recs) == 3 * 2 * 3 * 2
+    assert all(len(r["curve"]) == 8 and r["flops"] > 0 for r in recs)
+    report = (tmp_path / "report.md").read_text()
+    # the verdicts and the gap closed come first
+    assert report.index("## Verdicts") < report.index("## Share of SP's loss gap closed")
+    assert report.index("## Share of SP") < report.index("## Setup") < report.index("## sp")
+    for section in ("## Best loss L*(d)", "## Stability at the best LR", "## Compute", "95% CI"):
+        assert section in report
+    for fig in ("transfer.png", "eta_star.png", "curves.png"):
+        assert (tmp_path / fig).read_bytes()[:4] == b"\x89PNG"
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {v["rule"] for v in m["verdicts"]} == {"H", "S"}
+    assert all(v["verdict"] in VERDICTS for v in m["verdicts"])
+    g = m["presets"]["sp_emb"]["gap_closed"]
+    assert set(g) == {"16", "32"} and g["16"]["value"] is None  # base width: no gap
+    assert set(g["32"]) == {"value", "ci95"}
+    for key in ("gap_closed_vs_mup", "L_star", "instability", "loss_left", "compute"):
+        assert key in m["presets"]["sp"]
+    assert m["presets"]["sp"]["compute"]["flops_ratio"] > 1
+    assert set(m["gap"]) == {"gap", "gap_vs_mup"}
+    assert main(["--report-only", "--out", str(tmp_path), "--no-plots", "--bootstrap", "0"]) == 0
+
+
+def _fake_sweep(loss):
+    """run_sweep stand-in: records from a loss formula, no training (the comparison logic)."""
+
+    def run(spec, out, jobs=None, progress=True):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spec.json").write_text(json.dumps(spec.to_json()))
+        recs = []
+        for c in spec.runs():
+            rid = run_key_id(c.key())
+            recs.append({"id": rid, "key": c.key(), "val_loss": loss(c), "diverged": False})
+        with open(out / "results.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+        return recs
+
+    return run
+
+
+def test_weight_decay_experiment(tmp_path, monkeypatch):
+    # planted: WD on puts η* exactly on the power law (E = 0) and sharpens the basin with width
+    def loss(c):
+        x, d = math.log2(c.lr), c.width / 16
+        if c.weight_decay:
+            return 2.0 + 0.01 * d * (x + 7 + 0.5 * math.log2(d)) ** 2 + 0.001 * c.seed
+        wiggle = {16: 0.0, 32: 0.4, 64: -0.3}[c.width]
+        return 2.0 + 0.01 * (x + 7 + 0.5 * math.log2(d) + wiggle) ** 2 + 0.001 * c.seed
+
+    monkeypatch.setattr(experiments, "run_sweep", _fake_sweep(loss))
+    spec = wd_spec(quick=True, presets=("sp",), seeds=(0, 1, 2), max_bytes=300_000)
+    assert spec.tokens_per_param == 1.0 and spec.tokens is None and spec.weight_decay == 0.0
+    r = run_weight_decay(spec, tmp_path, 0.1, progress=False, n_boot=30, plots=False)
+    (row,) = r["rows"]
+    assert row["E_on"] == pytest.approx(0.0, abs=1e-6) and row["E_off"] > 0.1
+    assert row["dkappa"] == pytest.approx(1.0, abs=0.05)
+    assert r["verdict"]["verdict"] == "supported"
+    md = (tmp_path / "weight_decay.md").read_text()
+    assert "**supported**" in md and "| sp |" in md
+    assert (tmp_path / "on" / "report.md").exists() and (tmp_path / "off" / "report.md").exists()
+
+
+def test_vocab_experiment(tmp_path, monkeypatch):
+    # planted: sqrt(m) wins once vocab / width >= 16
+    def loss(c):
+        vocab = 256 if c.tokenizer == "bytes" else int(c.tokenizer.split("-")[1])
+        bonus = 0.05 if (c.preset == "sp_emb_sqrt") == (vocab / c.width >= 16) else 0.0
+        return 3.0 - bonus + 0.01 * (math.log2(c.lr) + 7) ** 2
+
+    monkeypatch.setattr(experiments, "run_sweep", _fake_sweep(loss))
+    spec = vocab_spec(quick=True, widths=(32, 64), base_width=16, max_bytes=300_000)
+    r = run_vocab(spec, tmp_path, ("bytes", "bpe-512"), progress=False, plots=False)
+    ratios = sorted(row["vocab_per_width"] for row in r["rows"])
+    assert ratios == [4.0, 8.0, 8.0, 16.0]
+    assert r["sqrt_overtakes_at_vocab_per_width"] == 16.0
+    assert all(row["bytes_per_token"] >= 1 for row in r["rows"])
+    assert "√m overtakes m at vocab/width ≥ 16" in (tmp_path / "vocab.md").read_text()
