@@ -57,8 +57,10 @@ class CheckReport:
         out.insert(1, "  ".join("-" * w for w in widths))
         notes = [f"  {r.case} [{r.dtype}]: {r.note}" for r in self.rows if r.note]
         verdict = "PASSED" if self.passed else "FAILED"
-        n_fail = sum(r.status == "FAIL" for r in self.rows)
-        summary = f"{verdict}: {len(self.rows) - n_fail} of {len(self.rows)} rows within tolerance"
+        count = {k: sum(r.status == k for r in self.rows) for k in ("pass", "FAIL", "skip")}
+        summary = (
+            f"{verdict}: {count['pass']} passed, {count['FAIL']} failed, {count['skip']} skipped"
+        )
         return "\n".join([*out, *(["notes:", *notes] if notes else []), summary])
 
     def to_json(self) -> dict[str, Any]:
