@@ -23,9 +23,13 @@ from fused_mup.kernels.tables import (
     CHUNK_COLS,
     CLIP_SLOTS,
     GROUP_COLS,
+    GROUP_TABLE_COLS,
     STATE_ADDRESS_COLS,
     TENSOR_COLS,
+    ChunkCol,
     ClipSlot,
+    DerivedGroupCol,
+    GroupCol,
     TensorCol,
     Update,
 )
@@ -106,8 +110,8 @@ class Bucket:
     n_programs: int
     # Keeps every storage the tables point at alive, even if a tensor's .data is swapped.
     storages: list
-    partials: torch.Tensor  # fp32 [n_programs], scratch of the grad-norm kernel
-    norm_done_count: torch.Tensor  # int32 [1]
+    partials: torch.Tensor  # fp32 [n_programs + n_runs], scratch of the grad-norm kernel
+    norm_done_count: torch.Tensor  # int32 [1 + n_runs]
     states_aligned: bool  # every param / state address is 16-byte aligned (informational)
     grad_addresses: list[int] = field(default_factory=list)
 
@@ -176,7 +180,7 @@ def build_bucket(
     """Builds the static tables of one launch. Runs only when the set of tensors changes."""
     n = len(slots)
     rows: list[list[int]] = []
-    chunks: list[tuple[int, int]] = []
+    chunks: list[list[int]] = []
     for i, slot in enumerate(slots):
         numel = slot.param.numel()
         # An empty tensor still gets one (empty) program so that its step is counted, as torch
@@ -189,17 +193,22 @@ def build_bucket(
         row[TensorCol.EXP_AVG] = slot.exp_avg.data_ptr()
         row[TensorCol.EXP_AVG_SQ] = slot.exp_avg_sq.data_ptr()
         row[TensorCol.MAX_EXP_AVG_SQ] = vmax.data_ptr() if vmax is not None else 0
-        row[TensorCol.STEP] = slot.step.data_ptr()
         row[TensorCol.AUX] = aux.data_ptr() if aux is not None else 0
-        row[TensorCol.NUMEL] = numel
-        row[TensorCol.GROUP] = slot.group_index
-        row[TensorCol.N_CHUNKS] = n_chunks
         rows.append(row)
-        chunks.extend((i, c * config.chunk_size) for c in range(n_chunks))  # ChunkCol order
+        for c in range(n_chunks):
+            chunk = [0] * CHUNK_COLS
+            chunk[ChunkCol.TENSOR] = i
+            chunk[ChunkCol.START] = c * config.chunk_size
+            chunk[ChunkCol.END] = min((c + 1) * config.chunk_size, numel)
+            chunk[ChunkCol.GROUP] = slot.group_index
+            chunk[ChunkCol.STEP] = slot.step.data_ptr()
+            chunk[ChunkCol.N_CHUNKS] = n_chunks
+            chunks.append(chunk)
     table = torch.tensor(rows, dtype=torch.int64).reshape(n, TENSOR_COLS)
     chunk_host = torch.tensor(chunks, dtype=torch.int64).reshape(-1, CHUNK_COLS)
     # Python ints, not the table: reading a tensor here would be a host read per build.
     states_aligned = all(row[c] % ALIGNMENT == 0 for row in rows for c in STATE_ADDRESS_COLS)
+    n_runs = -(-len(chunks) // config.block)
     return Bucket(
         key=key,
         slots=slots,
@@ -221,8 +230,10 @@ def build_bucket(
             )
             if t is not None
         ],  # fmt: skip
-        partials=torch.empty(len(chunks), dtype=torch.float32, device=key.device),
-        norm_done_count=torch.zeros(1, dtype=torch.int32, device=key.device),
+        # Per-program partials, then one sum per run of `block` programs (the grad-norm
+        # kernel's two-level reduction), and a counter for each level.
+        partials=torch.empty(len(chunks) + n_runs, dtype=torch.float32, device=key.device),
+        norm_done_count=torch.zeros(1 + n_runs, dtype=torch.int32, device=key.device),
         states_aligned=states_aligned,
         grad_addresses=list(grad_addresses),
     )
@@ -238,8 +249,14 @@ def update_grad_addresses(bucket: Bucket, grad_addresses: list[int]) -> None:
 
 
 def group_table(values: list[float], device: torch.device, out: torch.Tensor | None):
-    """Uploads the per-group scalars (fp64, ``GroupCol`` order, GROUP_COLS per group)."""
-    host = torch.tensor(values, dtype=torch.float64).reshape(-1, GROUP_COLS)
+    """Uploads the per-group scalars: ``values`` holds GROUP_COLS per group in ``GroupCol``
+    order; the table adds the ``DerivedGroupCol`` columns (fp64, GROUP_TABLE_COLS per group)."""
+    given = torch.tensor(values, dtype=torch.float64).reshape(-1, GROUP_COLS)
+    host = torch.empty(given.shape[0], GROUP_TABLE_COLS, dtype=torch.float64)
+    host[:, :GROUP_COLS] = given
+    # log(0) = -inf gives beta**step = 0, as it should for beta = 0.
+    host[:, DerivedGroupCol.LOG_BETA1] = given[:, GroupCol.BETA1].log()
+    host[:, DerivedGroupCol.LOG_BETA2] = given[:, GroupCol.BETA2].log()
     if out is not None and out.shape != host.shape:
         out = None
     return _upload(host, device, out=out)
@@ -281,7 +298,6 @@ def launch(
             grad_scale,
             found_inf,
             clip,
-            config.chunk_size,
             seed,
             PARAM_DTYPE=_tl_dtype(key.param_dtype),
             STATE_DTYPE=_tl_dtype(key.state_dtype),
@@ -327,7 +343,6 @@ def launch_grad_norm(
             grad_scale,
             clip,
             bucket.n_programs,
-            config.chunk_size,
             float(max_norm),
             int(accumulate),
             PARAM_DTYPE=_tl_dtype(bucket.key.param_dtype),

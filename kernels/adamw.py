@@ -13,42 +13,49 @@ from fused_mup.kernels.tables import (
     C_BETA1,
     C_BETA2,
     C_CHUNK_COLS,
+    C_CHUNK_END,
+    C_CHUNK_GROUP,
+    C_CHUNK_N_CHUNKS,
     C_CHUNK_START,
+    C_CHUNK_STEP,
     C_CHUNK_TENSOR,
     C_DECAY,
     C_EPS,
     C_EXP_AVG,
     C_EXP_AVG_SQ,
     C_GRAD,
-    C_GROUP,
-    C_GROUP_COLS,
+    C_GROUP_TABLE_COLS,
+    C_LOG_BETA1,
+    C_LOG_BETA2,
     C_LR,
     C_MAX_EXP_AVG_SQ,
     C_MAX_NORM,
-    C_N_CHUNKS,
-    C_NUMEL,
     C_PARAM,
-    C_STEP,
     C_SUMSQ,
     C_TENSOR_COLS,
     C_UPDATE_KAHAN,
     C_UPDATE_MASTER,
     C_UPDATE_STOCHASTIC,
-    address,
 )
 
 __all__ = ["adamw_kernel"]
 
 
 @triton.jit
-def _pow_by_squaring(base, exponent):
-    # beta**step in fp64 by binary exponentiation: exact to a few ulp and built only from
-    # multiplies, where a fp32 exp/log would cost 1e-4 relative error in 1 - beta2**step.
-    result = tl.full((), 1.0, tl.float64)
-    for bit in tl.static_range(31):
-        result = tl.where(((exponent >> bit) & 1) == 1, result * base, result)
-        base = base * base
-    return result
+def _step_scalars(step, lr, log_beta1, log_beta2):
+    """-lr / (1 - beta1**step) and sqrt(1 - beta2**step): computed in fp64 as torch computes them
+    on the host, then rounded once to fp32. Elementwise, so a test can run it over many steps.
+
+    beta**step = exp(step * log(beta)), log(beta) from the launcher: one fp64 exp per beta
+    (~1e-16 relative error, far below fp32's rounding) instead of 31 dependent squarings per
+    beta. On an inf step, where step may be 0, nothing uses the result.
+    """
+    step64 = step.to(tl.float64)
+    bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
+    bias_correction2 = 1.0 - tl.exp(step64 * log_beta2)
+    neg_step_size = (-lr / bias_correction1).to(tl.float32)
+    bias_correction2_sqrt = tl.sqrt(bias_correction2).to(tl.float32)
+    return neg_step_size, bias_correction2_sqrt
 
 
 @triton.jit
@@ -171,24 +178,36 @@ def _update_block(
 
 
 @triton.jit
-def _aux_address(aux_addr, PARAM_DTYPE: tl.constexpr, UPDATE: tl.constexpr, ALIGNED: tl.constexpr):
-    # fp32 master weights, or a Kahan compensation in the param dtype.
-    if UPDATE == C_UPDATE_MASTER:
-        return address(aux_addr, tl.float32, ALIGNED)
+def _pointer(entry, DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, UPDATE: tl.constexpr,
+             ALIGNED: tl.constexpr):  # fmt: skip
+    """A table address as a pointer. ALIGNED (the tensor's addresses are 16-byte aligned): the
+    widest dtype of the variant gets 16-byte accesses and a 16-bit tensor among fp32 ones 8-byte
+    accesses, so that every tensor has 4 elements per thread per access. One thread layout for
+    all: a bf16 param beside fp32 states needs no layout conversion through shared memory."""
+    ptr = entry.to(tl.pointer_type(DTYPE))
+    if not ALIGNED:
+        return ptr
+    # The hint goes on the pointer: alignment analysis does not see through int-to-pointer.
+    elif DTYPE == tl.float32:
+        return tl.multiple_of(ptr, 16)
+    elif STATE_DTYPE == tl.float32:
+        return tl.multiple_of(ptr, 8)
+    elif UPDATE == C_UPDATE_MASTER:  # fp32 master weights
+        return tl.multiple_of(ptr, 8)
     else:
-        return address(aux_addr, PARAM_DTYPE, ALIGNED)
+        return tl.multiple_of(ptr, 16)
 
 
 @triton.jit
-def _update_full_blocks(
+def _update_range(
     param_addr,
     grad_addr,
     exp_avg_addr,
     exp_avg_sq_addr,
     max_exp_avg_sq_addr,
     aux_addr,
-    block_start,
-    full_end,
+    start,
+    end,
     inv_scale,
     clip_coef,
     keep,
@@ -207,37 +226,67 @@ def _update_full_blocks(
     ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """The unmasked whole blocks of one chunk: a mask of unknown alignment would stop
-    vectorization. ALIGNED: every address is 16-byte aligned (vector loads and stores)."""
-    param_ptr = address(param_addr, PARAM_DTYPE, ALIGNED)
-    grad_ptr = address(grad_addr, PARAM_DTYPE, ALIGNED)
-    exp_avg_ptr = address(exp_avg_addr, STATE_DTYPE, ALIGNED)
-    exp_avg_sq_ptr = address(exp_avg_sq_addr, STATE_DTYPE, ALIGNED)
-    max_exp_avg_sq_ptr = address(max_exp_avg_sq_addr, STATE_DTYPE, ALIGNED)
-    aux_ptr = _aux_address(aux_addr, PARAM_DTYPE, UPDATE, ALIGNED)
-    # A while loop, not range(): the interpreter cannot take range bounds from loaded scalars
+    """Elements [start, end) of one tensor.
+
+    ALIGNED: whole blocks unmasked (a mask of unknown alignment would stop vectorization), then
+    one masked tail. Otherwise scalar accesses, all masked, in half blocks: a different shape,
+    so the compiler lays these out apart from the vector loop (the same shape would give their
+    loads the vector loop's layout and their scalar stores a conversion through shared memory).
+    """
+    S: tl.constexpr = STATE_DTYPE
+    param_ptr = _pointer(param_addr, PARAM_DTYPE, S, UPDATE, ALIGNED)
+    grad_ptr = _pointer(grad_addr, PARAM_DTYPE, S, UPDATE, ALIGNED)
+    exp_avg_ptr = _pointer(exp_avg_addr, S, S, UPDATE, ALIGNED)
+    exp_avg_sq_ptr = _pointer(exp_avg_sq_addr, S, S, UPDATE, ALIGNED)
+    max_exp_avg_sq_ptr = _pointer(max_exp_avg_sq_addr, S, S, UPDATE, ALIGNED)
+    if UPDATE == C_UPDATE_MASTER:  # fp32 master weights, or a compensation in the param dtype
+        aux_ptr = _pointer(aux_addr, tl.float32, S, UPDATE, ALIGNED)
+    else:
+        aux_ptr = _pointer(aux_addr, PARAM_DTYPE, S, UPDATE, ALIGNED)
+    # While loops, not range(): the interpreter cannot take range bounds from loaded scalars
     # under numpy >= 2.4.
-    while block_start < full_end:
-        offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
-        _update_block(
-            param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
-            offsets, offsets < full_end, inv_scale, clip_coef, keep, weight1, beta2, weight2,
-            eps, bias_correction2_sqrt, neg_step_size, rng_seed,
-            PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, False,
-        )  # fmt: skip
-        block_start += BLOCK
+    if ALIGNED:
+        full_end = start + (end - start) // BLOCK * BLOCK
+        block_start = start
+        while block_start < full_end:
+            offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
+            _update_block(
+                param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
+                offsets, offsets < end, inv_scale, clip_coef, keep, weight1, beta2, weight2,
+                eps, bias_correction2_sqrt, neg_step_size, rng_seed,
+                PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, False,
+            )  # fmt: skip
+            block_start += BLOCK
+        if full_end < end:
+            offsets = full_end + tl.arange(0, BLOCK).to(tl.int64)
+            _update_block(
+                param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
+                offsets, offsets < end, inv_scale, clip_coef, keep, weight1, beta2, weight2,
+                eps, bias_correction2_sqrt, neg_step_size, rng_seed,
+                PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, True,
+            )  # fmt: skip
+    else:
+        block_start = start
+        while block_start < end:
+            offsets = block_start + tl.arange(0, BLOCK // 2).to(tl.int64)
+            _update_block(
+                param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
+                offsets, offsets < end, inv_scale, clip_coef, keep, weight1, beta2, weight2,
+                eps, bias_correction2_sqrt, neg_step_size, rng_seed,
+                PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, True,
+            )  # fmt: skip
+            block_start += BLOCK // 2
 
 
 @triton.jit
 def adamw_kernel(
     tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS]
     chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
-    group_table_ptr,  # fp64 [n_groups, GROUP_COLS]
+    group_table_ptr,  # fp64 [n_groups, GROUP_TABLE_COLS]
     done_count_ptr,  # int32 [n_tensors], zero between launches
     grad_scale_ptr,  # fp32 scalar: GradScaler's scale, 1.0 without one
     found_inf_ptr,  # fp32 scalar: nonzero skips the whole step
     clip_ptr,  # fp32 [CLIP_SLOTS]: ClipSlot.SUMSQ and MAX_NORM (0 and inf: no clipping)
-    chunk_size,  # elements per program
     seed,  # stochastic rounding seed
     PARAM_DTYPE: tl.constexpr,  # also the grad dtype
     STATE_DTYPE: tl.constexpr,
@@ -247,11 +296,16 @@ def adamw_kernel(
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    # Dependent loads: the chunk row, then (in parallel) the tensor's addresses, its group's
+    # row and its step. int64 offsets, so tensors past 2**31 elements index correctly.
     chunk_row = chunk_table_ptr + pid * C_CHUNK_COLS
     tensor_idx = tl.load(chunk_row + C_CHUNK_TENSOR)
-    # int64, so tensors past 2**31 elements index correctly. Chunks start at multiples of
-    # BLOCK (the launcher's chunk table), which the compiler carries into the loop below.
+    # Chunks start at multiples of BLOCK, which the compiler carries into the loop below.
     start = tl.multiple_of(tl.load(chunk_row + C_CHUNK_START), BLOCK)
+    chunk_end = tl.load(chunk_row + C_CHUNK_END)
+    group_idx = tl.load(chunk_row + C_CHUNK_GROUP)
+    step_ptr = tl.load(chunk_row + C_CHUNK_STEP).to(tl.pointer_type(tl.float32))
+    n_chunks = tl.load(chunk_row + C_CHUNK_N_CHUNKS)
 
     row = tensor_table_ptr + tensor_idx * C_TENSOR_COLS
     param_addr = tl.load(row + C_PARAM)
@@ -260,17 +314,15 @@ def adamw_kernel(
     exp_avg_sq_addr = tl.load(row + C_EXP_AVG_SQ)
     max_exp_avg_sq_addr = tl.load(row + C_MAX_EXP_AVG_SQ)
     aux_addr = tl.load(row + C_AUX)
-    step_ptr = tl.load(row + C_STEP).to(tl.pointer_type(tl.float32))
-    numel = tl.load(row + C_NUMEL)
-    group_idx = tl.load(row + C_GROUP)
-    n_chunks = tl.load(row + C_N_CHUNKS)
 
-    group_row = group_table_ptr + group_idx * C_GROUP_COLS
+    group_row = group_table_ptr + group_idx * C_GROUP_TABLE_COLS
     lr = tl.load(group_row + C_LR)
     decay = tl.load(group_row + C_DECAY)
     beta1 = tl.load(group_row + C_BETA1)
     beta2 = tl.load(group_row + C_BETA2)
     eps = tl.load(group_row + C_EPS).to(tl.float32)
+    log_beta1 = tl.load(group_row + C_LOG_BETA1)
+    log_beta2 = tl.load(group_row + C_LOG_BETA2)
 
     # GradScaler: scale and found_inf are read on the device; an inf step changes nothing,
     # its step count included. Clipping: torch's coefficient, min(1, max_norm / (norm + 1e-6)),
@@ -286,54 +338,35 @@ def adamw_kernel(
     old_step = tl.load(step_ptr)
     step = old_step + update.to(tl.float32)
 
-    # Scalars in fp64 as torch computes them on the host, then rounded once to fp32.
-    step_int = step.to(tl.int32)
-    bias_correction1 = 1.0 - _pow_by_squaring(beta1, step_int)
-    bias_correction2 = 1.0 - _pow_by_squaring(beta2, step_int)
-    neg_step_size = (-lr / bias_correction1).to(tl.float32)
-    bias_correction2_sqrt = tl.sqrt(bias_correction2).to(tl.float32)
+    neg_step_size, bias_correction2_sqrt = _step_scalars(step, lr, log_beta1, log_beta2)
     keep = (1.0 - decay).to(tl.float32)
     weight1 = (1.0 - beta1).to(tl.float32)
     beta2_f = beta2.to(tl.float32)
     weight2 = (1.0 - beta2).to(tl.float32)
-    rng_seed = seed + step_int.to(tl.int64) * 1_000_003 + tensor_idx * 7_919
+    rng_seed = seed + step.to(tl.int64) * 1_000_003 + tensor_idx * 7_919
 
     # On an inf step the range is empty: nothing is read or written.
-    end = tl.where(update, tl.minimum(start + chunk_size, numel), start)
-    full_end = start + (end - start) // BLOCK * BLOCK
+    end = tl.where(update, chunk_end, start)
     # Alignment per tensor, read off its own addresses (0 for an absent state is aligned): one
     # misaligned tensor, such as a 1-element grad at the head of a DDP bucket view, takes the
-    # scalar-access loop alone while every other tensor of the launch keeps 16-byte vectors.
+    # scalar loop alone while every other tensor of the launch keeps its vector accesses.
     # Both loops are compiled into the kernel; the branch is uniform over the program.
     misaligned = (
         param_addr | grad_addr | exp_avg_addr | exp_avg_sq_addr | max_exp_avg_sq_addr | aux_addr
     ) & 15
     if misaligned == 0:
-        _update_full_blocks(
+        _update_range(
             param_addr, grad_addr, exp_avg_addr, exp_avg_sq_addr, max_exp_avg_sq_addr, aux_addr,
-            start, full_end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
+            start, end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
             bias_correction2_sqrt, neg_step_size, rng_seed,
             PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, True, BLOCK,
         )  # fmt: skip
     else:
-        _update_full_blocks(
+        _update_range(
             param_addr, grad_addr, exp_avg_addr, exp_avg_sq_addr, max_exp_avg_sq_addr, aux_addr,
-            start, full_end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
+            start, end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
             bias_correction2_sqrt, neg_step_size, rng_seed,
             PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, False, BLOCK,
-        )  # fmt: skip
-    if full_end < end:  # one masked tail, with scalar accesses
-        offsets = full_end + tl.arange(0, BLOCK).to(tl.int64)
-        _update_block(
-            address(param_addr, PARAM_DTYPE, False),
-            address(grad_addr, PARAM_DTYPE, False),
-            address(exp_avg_addr, STATE_DTYPE, False),
-            address(exp_avg_sq_addr, STATE_DTYPE, False),
-            address(max_exp_avg_sq_addr, STATE_DTYPE, False),
-            _aux_address(aux_addr, PARAM_DTYPE, UPDATE, False),
-            offsets, offsets < end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
-            bias_correction2_sqrt, neg_step_size, rng_seed,
-            PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, True,
         )  # fmt: skip
 
     # Every program of a tensor reads the old step above; the last one to finish writes the new

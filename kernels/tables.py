@@ -3,9 +3,12 @@
 A launch finds its tensors through small device tables that ``fused_mup.launcher`` writes and
 every kernel reads:
 
-- tensor table, int64 ``[n_tensors, TENSOR_COLS]``, one row per tensor (:class:`TensorCol`);
-- chunk table, int64 ``[n_programs, CHUNK_COLS]``, one row per program (:class:`ChunkCol`);
-- group table, fp64 ``[n_groups, GROUP_COLS]``, one row per param group (:class:`GroupCol`);
+- tensor table, int64 ``[n_tensors, TENSOR_COLS]``, one row per tensor (:class:`TensorCol`): its
+  addresses, the only part that changes per step (grads move);
+- chunk table, int64 ``[n_programs, CHUNK_COLS]``, one row per program (:class:`ChunkCol`):
+  everything else a program needs, so that its first load gives it every other address;
+- group table, fp64 ``[n_groups, GROUP_TABLE_COLS]``, one row per param group: the optimizer's
+  :class:`GroupCol` values, then the launcher's :class:`DerivedGroupCol`;
 - clip buffer, fp32 ``[CLIP_SLOTS]``, written by the grad-norm pass (:class:`ClipSlot`).
 
 Python code uses the enums; jit code may read only ``tl.constexpr`` globals (the interpreter
@@ -21,10 +24,12 @@ __all__ = [
     "CHUNK_COLS",
     "CLIP_SLOTS",
     "GROUP_COLS",
+    "GROUP_TABLE_COLS",
     "STATE_ADDRESS_COLS",
     "TENSOR_COLS",
     "ChunkCol",
     "ClipSlot",
+    "DerivedGroupCol",
     "GroupCol",
     "TensorCol",
     "Update",
@@ -32,25 +37,26 @@ __all__ = [
 
 
 class TensorCol(IntEnum):
-    """Columns of the tensor table: addresses, then sizes and indices."""
+    """Columns of the tensor table: the addresses of one tensor's data."""
 
     PARAM = 0
     GRAD = 1
     EXP_AVG = 2
     EXP_AVG_SQ = 3
     MAX_EXP_AVG_SQ = 4  # 0 unless AMSGrad
-    STEP = 5  # fp32 0-d step count of the tensor
-    AUX = 6  # Kahan compensation or fp32 master weights; 0 otherwise
-    NUMEL = 7
-    GROUP = 8  # row of the group table
-    N_CHUNKS = 9  # programs that update this tensor
+    AUX = 5  # Kahan compensation or fp32 master weights; 0 otherwise
 
 
 class ChunkCol(IntEnum):
-    """Columns of the chunk table: which tensor a program updates, from which element."""
+    """Columns of the chunk table: which tensor a program updates, which elements, and the
+    per-tensor scalars it needs (static: written once per bucket build)."""
 
-    TENSOR = 0
-    START = 1  # a multiple of BLOCK
+    TENSOR = 0  # row of the tensor table
+    START = 1  # first element, a multiple of BLOCK
+    END = 2  # one past the last element: min(START + chunk_size, numel)
+    GROUP = 3  # row of the group table
+    STEP = 4  # address of the tensor's fp32 0-d step count
+    N_CHUNKS = 5  # programs that update this tensor
 
 
 class GroupCol(IntEnum):
@@ -61,6 +67,14 @@ class GroupCol(IntEnum):
     BETA1 = 2
     BETA2 = 3
     EPS = 4
+
+
+class DerivedGroupCol(IntEnum):
+    """Group-table columns the launcher derives from the :class:`GroupCol` ones, so that no
+    program computes them: ``log(beta)`` turns ``beta**step`` into one fp64 exp."""
+
+    LOG_BETA1 = 5
+    LOG_BETA2 = 6
 
 
 class ClipSlot(IntEnum):
@@ -82,7 +96,8 @@ class Update(IntEnum):
 
 TENSOR_COLS = len(TensorCol)
 CHUNK_COLS = len(ChunkCol)
-GROUP_COLS = len(GroupCol)
+GROUP_COLS = len(GroupCol)  # values per group the optimizer passes to the launcher
+GROUP_TABLE_COLS = GROUP_COLS + len(DerivedGroupCol)
 CLIP_SLOTS = len(ClipSlot)
 # Addresses the kernel may access with 16-byte vectors once the launcher checked them.
 STATE_ADDRESS_COLS = (
@@ -107,22 +122,24 @@ if triton is not None:
     C_EXP_AVG = tl.constexpr(TensorCol.EXP_AVG.value)
     C_EXP_AVG_SQ = tl.constexpr(TensorCol.EXP_AVG_SQ.value)
     C_MAX_EXP_AVG_SQ = tl.constexpr(TensorCol.MAX_EXP_AVG_SQ.value)
-    C_STEP = tl.constexpr(TensorCol.STEP.value)
     C_AUX = tl.constexpr(TensorCol.AUX.value)
-    C_NUMEL = tl.constexpr(TensorCol.NUMEL.value)
-    C_GROUP = tl.constexpr(TensorCol.GROUP.value)
-    C_N_CHUNKS = tl.constexpr(TensorCol.N_CHUNKS.value)
 
     C_CHUNK_COLS = tl.constexpr(CHUNK_COLS)
     C_CHUNK_TENSOR = tl.constexpr(ChunkCol.TENSOR.value)
     C_CHUNK_START = tl.constexpr(ChunkCol.START.value)
+    C_CHUNK_END = tl.constexpr(ChunkCol.END.value)
+    C_CHUNK_GROUP = tl.constexpr(ChunkCol.GROUP.value)
+    C_CHUNK_STEP = tl.constexpr(ChunkCol.STEP.value)
+    C_CHUNK_N_CHUNKS = tl.constexpr(ChunkCol.N_CHUNKS.value)
 
-    C_GROUP_COLS = tl.constexpr(GROUP_COLS)
+    C_GROUP_TABLE_COLS = tl.constexpr(GROUP_TABLE_COLS)
     C_LR = tl.constexpr(GroupCol.LR.value)
     C_DECAY = tl.constexpr(GroupCol.DECAY.value)
     C_BETA1 = tl.constexpr(GroupCol.BETA1.value)
     C_BETA2 = tl.constexpr(GroupCol.BETA2.value)
     C_EPS = tl.constexpr(GroupCol.EPS.value)
+    C_LOG_BETA1 = tl.constexpr(DerivedGroupCol.LOG_BETA1.value)
+    C_LOG_BETA2 = tl.constexpr(DerivedGroupCol.LOG_BETA2.value)
 
     C_SUMSQ = tl.constexpr(ClipSlot.SUMSQ.value)
     C_MAX_NORM = tl.constexpr(ClipSlot.MAX_NORM.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import kernel_devices
+from fused_mup.kernels.tables import ChunkCol, TensorCol
 from tolerances import assert_close
 
 from fused_mup import launcher
@@ -57,11 +58,13 @@ def test_element_offsets_past_2_to_the_31_are_int64(device):
     bucket = launcher.build_bucket(key, [slot], [grad.data_ptr()], config)
     shift = offset * 4  # bytes
     table = bucket.tensor_table_host.clone()
-    for col in (0, 1, 2, 3):  # param, grad, exp_avg, exp_avg_sq addresses
+    for col in (TensorCol.PARAM, TensorCol.GRAD, TensorCol.EXP_AVG, TensorCol.EXP_AVG_SQ):
         table[0, col] -= shift
-    table[0, 7] = offset + 100  # numel as seen from the shifted base
     bucket.tensor_table = table.to(device)
-    bucket.chunk_table = torch.tensor([[0, offset]], dtype=torch.int64, device=device)
+    chunks = bucket.chunk_table.cpu().clone()
+    chunks[0, ChunkCol.START] = offset
+    chunks[0, ChunkCol.END] = offset + 100  # the tensor's end as seen from the shifted base
+    bucket.chunk_table = chunks[:1].to(device)
     bucket.n_programs = 1
     _launch(bucket, device, config)
     assert_close(slot.param, expected, torch.float32, "param updated through int64 offsets")
@@ -126,13 +129,13 @@ def test_mixed_alignment_launch_matches_the_plain_twin(device, amsgrad, monkeypa
     from fused_mup.kernels import adamw as adamw_module
 
     taken = []
-    real = adamw_module._update_full_blocks
+    real = adamw_module._update_range
 
     def spy(*args):
         taken.append(bool(args[-2]))  # ALIGNED
         return real(*args)
 
-    monkeypatch.setattr(adamw_module, "_update_full_blocks", spy)
+    monkeypatch.setattr(adamw_module, "_update_range", spy)
     config = KernelConfig(block=32, chunk_size=64)
     sizes = [1, 100, 70, 33]
     params = _carved(sizes, [0, 0, 1, 0], device)  # tensor 2: a param at a 4-byte offset
@@ -171,3 +174,35 @@ def test_mixed_alignment_launch_matches_the_plain_twin(device, amsgrad, monkeypa
     # Per step, per program: sizes 1, 100, 70, 33 -> 1, 2, 2, 1 programs; tensors 1 and 2 are
     # misaligned (grad, param), tensors 0 and 3 aligned.
     assert taken == [True, False, False, False, False, True] * 2, taken
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_grad_norm_two_level_reduction_is_exact_and_repeatable(device):
+    """More programs than one run of BLOCK (here 32 programs a run, 34 programs): the per-run
+    sums and their total match float64, bit for bit on repeat, scratch counters reset, and a
+    second bucket adds to the first (accumulate)."""
+    config = KernelConfig(block=32, chunk_size=32)
+    sizes = [32 * 16 + 5, 1, 32 * 15, 0]  # 17 + 1 + 15 + 1 programs
+    slots = [_slot(n, device) for n in sizes]
+    grads = [torch.randn(n, device=device) * 3 for n in sizes]
+    key = BucketKey(torch.device(device), torch.float32, torch.float32, False, False)
+    bucket = launcher.build_bucket(key, slots, [g.data_ptr() for g in grads], config)
+    assert bucket.n_programs == 34 and bucket.norm_done_count.numel() == 1 + 2
+    scale = torch.full((1,), 2.0, device=device)
+    want = sum((g.double() / 2).square().sum() for g in grads)
+    results = []
+    for _ in range(2):
+        clip = torch.full((3,), float("nan"), device=device)  # poisoned
+        launcher.launch_grad_norm(bucket, scale, clip, 1.5, False, config)
+        results.append(clip.clone())
+        assert bucket.norm_done_count.tolist() == [0, 0, 0], "scratch counters must reset"
+    assert abs(results[0][0].item() - want.item()) <= 1e-6 * want.item()
+    assert results[0][1].item() == 1.5 and results[0][2].item() == 0.0
+    assert all(torch.equal(r, results[0]) for r in results), "not bit-for-bit repeatable"
+    # A second bucket adds to the first's sum; a non-finite grad sets the flag.
+    other = launcher.build_bucket(key, slots[1:2], [grads[1].data_ptr()], config)
+    launcher.launch_grad_norm(other, scale, clip, 1.5, True, config)
+    assert clip[0].item() == pytest.approx(want.item() + (grads[1].double() / 2).square().item())
+    grads[1].fill_(float("inf"))
+    launcher.launch_grad_norm(bucket, scale, clip, 1.5, False, config)
+    assert clip[0].item() == float("inf") and clip[2].item() == 1.0

@@ -10,8 +10,9 @@ it reports what the tests and the occupancy table (``bench/results/kernel-occupa
 - ``regs``, ``shared``: registers per thread (from the cubin, ``cuobjdump --dump-resource-usage``)
   and dynamic shared memory in bytes (Triton's metadata);
 - ``sass``: instruction counts read off ``cuobjdump -sass``: all, fp64 ones, ``BAR.SYNC``,
-  shared-memory stores and loads, and ``prologue``: instructions before the first 16-byte
-  global load (how long a program waits before its first data load).
+  shared-memory stores and loads, ``prologue``: instructions before the first 16-byte global
+  load (how long a program waits before its first data load), and ``prologue_fp64``: the fp64
+  ones among them.
 
 Usage: ``python aot_compile.py [ARCH] [--adamw-only|--norm-only] [--num-warps N]``.
 """
@@ -41,7 +42,6 @@ ADAMW_SIGNATURE = {
     "grad_scale_ptr": "*fp32",
     "found_inf_ptr": "*fp32",
     "clip_ptr": "*fp32",
-    "chunk_size": "i32",
     "seed": "i32",
 }
 NORM_SIGNATURE = {
@@ -52,7 +52,6 @@ NORM_SIGNATURE = {
     "grad_scale_ptr": "*fp32",
     "clip_ptr": "*fp32",
     "n_programs": "i32",
-    "chunk_size": "i32",
     "max_norm": "fp32",
     "accumulate": "i32",
 }
@@ -92,6 +91,7 @@ def sass_counts(cubin: bytes) -> tuple[int, dict[str, int]]:
     ops = [m.group(2) for line in sass.splitlines() if (m := _SASS_LINE.match(line))]
     first_vector = next((i for i, op in enumerate(ops) if op.startswith("LDG.E.128")), -1)
     return regs, {
+        "prologue_fp64": sum(1 for op in ops[:first_vector] if _FP64.match(op)),
         "total": len(ops),
         "fp64": sum(1 for op in ops if _FP64.match(op)),
         "bar_sync": sum(1 for op in ops if op.startswith("BAR.SYNC")),
