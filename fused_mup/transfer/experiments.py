@@ -53,7 +53,7 @@ def weight_decay_spec(quick: bool = True, **kw: Any) -> SweepSpec:
         base.update(
             widths=(16, 32, 64),
             base_width=16,
-            lrs=pow2(-9, -5),
+            lrs=pow2(-8, -5),
             seeds=(0, 1),
             depth=2,
             heads=2,
@@ -200,7 +200,7 @@ def vocab_spec(quick: bool = True, **kw: Any) -> SweepSpec:
     base: dict[str, Any] = dict(presets=("sp_emb", "sp_emb_sqrt"), name="vocab")
     if quick:
         base.update(
-            widths=(64, 128),
+            widths=(128,),
             base_width=16,
             lrs=pow2(-9, -5),
             seeds=(0,),
