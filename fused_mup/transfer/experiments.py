@@ -53,7 +53,7 @@ def weight_decay_spec(quick: bool = True, **kw: Any) -> SweepSpec:
         base.update(
             widths=(16, 32, 64),
             base_width=16,
-            lrs=pow2(-8, -5),
+            lrs=pow2(-8, -3),
             seeds=(0, 1),
             depth=2,
             heads=2,
@@ -63,6 +63,8 @@ def weight_decay_spec(quick: bool = True, **kw: Any) -> SweepSpec:
             max_bytes=2_000_000,
             device="cpu",
         )
+    else:  # one GPU: ~7e16 FLOPs, see docs/transfer.md "Sizing"
+        base.update(widths=(128, 256, 512), base_width=128, lrs=pow2(-12, -6), seeds=(0, 1))
     base.update(kw)
     return SweepSpec(**base)
 
@@ -278,6 +280,8 @@ def run_vocab(
 
 def _vocab_md(out: Path, spec: SweepSpec, rows: list[dict[str, Any]], cross: float | None) -> None:
     seeds = len(spec.seeds)
+    ref = "mup_lr" in spec.presets
+    top = max(r["vocab_per_width"] for r in rows)
     lines = [
         "# fused-mup transfer --experiment vocab",
         "",
@@ -288,17 +292,16 @@ def _vocab_md(out: Path, spec: SweepSpec, rows: list[dict[str, Any]], cross: flo
         f"{len(spec.lrs)} LRs, {seeds} seed{'s' if seeds > 1 else ''}. L* in nats/token "
         "(compare within a row; the tokenizers differ in bytes per token).",
         "",
-        "**√m overtakes m at vocab/width ≥ "
-        + (f"{cross:g}**." if cross is not None else "— not at these sizes**.")
-        + (
-            " (One seed: no intervals; read differences below ~0.01 nats as noise.)"
-            if seeds == 1
-            else ""
-        ),
+        (
+            f"**√m overtakes m at vocab/width ≥ {cross:g}**."
+            if cross is not None
+            else f"**√m does not overtake m at these sizes** (vocab/width up to {top:g})."
+        )
+        + (" One seed: no intervals." if seeds == 1 else ""),
         "",
         "| tokenizer | vocab | d | vocab/d | bytes/token | L* sp_emb (×m) | "
-        "L* sp_emb_sqrt (×√m) | √m − m | L* mup_lr |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "L* sp_emb_sqrt (×√m) | √m − m |" + (" L* mup_lr |" if ref else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if ref else ""),
     ]
     for r in sorted(rows, key=lambda r: r["vocab_per_width"]):
         f = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
@@ -306,7 +309,7 @@ def _vocab_md(out: Path, spec: SweepSpec, rows: list[dict[str, Any]], cross: flo
             f"| {r['tokenizer']} | {r['vocab']} | {r['width']} | {r['vocab_per_width']:g} | "
             f"{r['bytes_per_token']:.2f} | {f(r.get('L_sp_emb'))} | {f(r.get('L_sp_emb_sqrt'))} | "
             + ("–" if r["sqrt_minus_m"] is None else f"{r['sqrt_minus_m']:+.4f}")
-            + f" | {f(r.get('L_mup_lr'))} |"
+            + (f" | {f(r.get('L_mup_lr'))} |" if ref else " |")
         )
     lines += ["", "![sqrt(m) minus m against vocab/width](vocab.png)", ""]
     (out / "vocab.md").write_text("\n".join(lines) + "\n")

@@ -120,7 +120,10 @@ def claim_sections(
     seeds = f"{len(sweep.seeds)} seeds, 95% bootstrap intervals" if ci else "1 seed, no intervals"
     lines = ["## Verdicts", ""]
     for v in verdicts:
-        lines.append(f"- **{v['verdict']}**: {v['claim']} (rule {v['rule']}, docs/transfer.md)")
+        lines.append(
+            f"- **{v['verdict']}**: {v['claim']} (rule {v['rule']}, docs/transfer.md): "
+            + _evidence(v)
+        )
     if not verdicts:
         lines.append("- (needs the presets sp, sp_emb and mup_lr)")
     lines += ["", f"## Share of SP's loss gap closed ({seeds})", ""]
@@ -214,6 +217,35 @@ def claim_sections(
     }
     js["compute"] = comp
     return lines, js, stats
+
+
+def _evidence(v: dict[str, Any]) -> str:
+    e = v["evidence"]
+
+    def iv(key: str, nd: int) -> str:
+        lo, hi = e[key]
+        return "[–]" if lo is None or hi is None else f"[{lo:.{nd}f}, {hi:.{nd}f}]"
+
+    if v["rule"] == "H":
+        g = e["gap_closed"]
+        return (
+            f"at d={e['width']} sp_emb closes "
+            + ("–" if g is None else f"{g:.2f}")
+            + f" {iv('gap_closed_ci95', 2)} of the gap L*_sp − L*_mup_lr = "
+            + ("–" if e["gap_sp_minus_mup_lr"] is None else f"{e['gap_sp_minus_mup_lr']:.4f}")
+            + f" {iv('gap_ci95', 4)}."
+        )
+    a, b, d = e["instability_sp"], e["instability_sp_emb"], e["difference"]
+    if None in (a, b, d):
+        return "no instability values."
+    return (
+        f"at d={e['width']} instability {a:.4f} (sp) → {b:.4f} (sp_emb), difference "
+        f"{d:+.4f} {iv('difference_ci95', 4)}" + (f" ({d / a:+.0%})." if a > 0 else ".")
+    )
+
+
+def _share(x: float) -> str:
+    return f"{x:.2f}" if math.isfinite(x) else "–"
 
 
 def _ratio(x: float | None) -> str:
