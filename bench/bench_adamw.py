@@ -2,7 +2,7 @@
 
 Run with ``python -m pytest bench/bench_adamw.py`` (CPU: seconds; CUDA is used when
 available). Unavailable implementations are skipped with the reason. These measure
-per-step latency on tiny inputs; ``fused-mup bench`` is the full benchmark.
+per-step latency on tiny inputs; ``fused-mup bench`` is the full bench.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import os
 import pytest
 import torch
 
-from fused_mup.benchmark import BuildContext, default_impls, make_params, workloads
+from fused_mup.bench import BuildContext, allocate_params, default_impls, workloads
 
 __all__: list[str] = []
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Tiny versions of the model-shaped and the many-small-tensor workloads.
-WORKLOADS = ("gpt2-124m", "llama-1b", "many-small")
+WORKLOADS = ("tiny-gpt2-d32", "tiny-llama-d32", "tiny-many-small")
 IMPLS = {i.name: i for i in default_impls()}
 
 
@@ -35,11 +35,9 @@ def test_step(benchmark, impl_name: str, workload_name: str) -> None:
     if impl_name == "torch_compile" and DEVICE.type == "cpu":
         if os.environ.get("FUSED_MUP_BENCH_COMPILE") != "1":
             pytest.skip("torch.compile takes ~20 s per case on CPU; FUSED_MUP_BENCH_COMPILE=1")
-    groups = make_params(w, DEVICE)
-    ctx = BuildContext(
-        w, [{k: v for k, v in g.items() if k != "name"} for g in groups], DEVICE, False, True
-    )
-    _, step = impl.build(ctx)
+    groups = allocate_params(w, DEVICE)
+    plain = [{k: v for k, v in g.items() if k != "name"} for g in groups]
+    _, step = impl.build(BuildContext(w, plain, DEVICE))
     for _ in range(3):  # state creation, JIT / compile
         step()
 

@@ -11,10 +11,9 @@ device.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import functools
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -46,10 +45,9 @@ __all__ = [
     "update_grad_addresses",
 ]
 
-# Byte alignment under which the kernel may use 16-byte vector accesses (its ALIGNED switch).
+# Byte alignment under which the kernels use 16-byte vector accesses. They check it per tensor
+# on the device, from the addresses in the table; the launcher records it only for inspection.
 ALIGNMENT = 16
-# Set if a Triton build cannot compile the alignment hints: later launches go without them.
-_ALIGNED_HINTS_FAILED = False
 
 
 @dataclass(frozen=True)
@@ -110,8 +108,7 @@ class Bucket:
     storages: list
     partials: torch.Tensor  # fp32 [n_programs], scratch of the grad-norm kernel
     norm_done_count: torch.Tensor  # int32 [1]
-    states_aligned: bool  # every param / state address is 16-byte aligned
-    grads_aligned: bool
+    states_aligned: bool  # every param / state address is 16-byte aligned (informational)
     grad_addresses: list[int] = field(default_factory=list)
 
 
@@ -127,9 +124,20 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
+def _triton_importable() -> bool:
+    # An import, not find_spec: a triton that is found but fails to import (a broken or
+    # mismatched install, or an import hook that refuses it) must count as missing too.
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def require_triton(where: str) -> None:
     """Raises a clear ImportError where the kernel is needed and triton is not installed."""
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_importable():
         raise ImportError(
             f"fused_mup: {where} needs the Triton kernel, but triton is not installed. Install "
             "it with `pip install triton` (Linux with CUDA; torch's CUDA wheels bring it), or "
@@ -139,11 +147,9 @@ def require_triton(where: str) -> None:
 
 def triton_available_for(device: torch.device) -> bool:
     """Whether the Triton kernel can run on tensors of ``device`` in this process."""
-    if importlib.util.find_spec("triton") is None:
-        return False
     if device.type == "cpu":
-        return _interpreting()
-    return device.type == "cuda"
+        return _interpreting() and _triton_importable()
+    return device.type == "cuda" and _triton_importable()
 
 
 def _upload(host: torch.Tensor, device: torch.device, out: torch.Tensor | None = None):
@@ -218,7 +224,6 @@ def build_bucket(
         partials=torch.empty(len(chunks), dtype=torch.float32, device=key.device),
         norm_done_count=torch.zeros(1, dtype=torch.int32, device=key.device),
         states_aligned=states_aligned,
-        grads_aligned=all(a % ALIGNMENT == 0 for a in grad_addresses),
         grad_addresses=list(grad_addresses),
     )
 
@@ -230,7 +235,6 @@ def update_grad_addresses(bucket: Bucket, grad_addresses: list[int]) -> None:
     bucket.tensor_table_host[:, TensorCol.GRAD] = torch.tensor(grad_addresses, dtype=torch.int64)
     _upload(bucket.tensor_table_host, bucket.key.device, out=bucket.tensor_table)
     bucket.grad_addresses = list(grad_addresses)
-    bucket.grads_aligned = all(a % ALIGNMENT == 0 for a in grad_addresses)
 
 
 def group_table(values: list[float], device: torch.device, out: torch.Tensor | None):
@@ -265,13 +269,10 @@ def launch(
     """
     if bucket.n_programs == 0:
         return
-    global _ALIGNED_HINTS_FAILED
     key = bucket.key
     if clip is None:
         clip = no_clip(key.device)
-    aligned = bucket.states_aligned and bucket.grads_aligned and not _ALIGNED_HINTS_FAILED
-
-    def run(aligned: bool) -> None:
+    with _device_guard(key.device):
         kernels.adamw_kernel[(bucket.n_programs,)](
             bucket.tensor_table,
             bucket.chunk_table,
@@ -287,30 +288,9 @@ def launch(
             AMSGRAD=key.amsgrad,
             MAXIMIZE=key.maximize,
             UPDATE=key.update,
-            ALIGNED=aligned,
             BLOCK=config.block,
             num_warps=config.num_warps,
         )
-
-    with _device_guard(key.device):
-        if not aligned:
-            run(False)
-            return
-        try:
-            run(True)
-        except Exception as error:  # noqa: BLE001 - compile errors only happen before launch
-            if key.device.type != "cuda":  # the interpreter compiles nothing: a real error
-                raise
-            # The hints are an optimization; a Triton that cannot compile them still gets a
-            # correct (scalar-access) kernel.
-            _ALIGNED_HINTS_FAILED = True
-            warnings.warn(
-                f"fused_mup: the aligned AdamW kernel failed to compile ({error!r}); "
-                "using the unaligned one",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            run(False)
 
 
 _NO_CLIP: dict[torch.device, torch.Tensor] = {}
@@ -351,7 +331,6 @@ def launch_grad_norm(
             float(max_norm),
             int(accumulate),
             PARAM_DTYPE=_tl_dtype(bucket.key.param_dtype),
-            ALIGNED=bucket.grads_aligned and not _ALIGNED_HINTS_FAILED,
             BLOCK=config.block,
             num_warps=config.num_warps,
         )

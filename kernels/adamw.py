@@ -143,7 +143,8 @@ def _update_block(
     # of torch's result.
     if AMSGRAD:
         max_exp_avg_sq = _load(max_exp_avg_sq_ptr, offsets, mask, MASKED).to(tl.float32)
-        max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq)
+        # NaN-propagating, as torch.maximum: the default drops a NaN operand (max.f32).
+        max_exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
         denom = tl.div_rn(tl.sqrt_rn(max_exp_avg_sq), bias_correction2_sqrt) + eps
         _store(max_exp_avg_sq_ptr, offsets, _round_to(max_exp_avg_sq, STATE_DTYPE), mask, MASKED)
     else:
@@ -170,6 +171,64 @@ def _update_block(
 
 
 @triton.jit
+def _aux_address(aux_addr, PARAM_DTYPE: tl.constexpr, UPDATE: tl.constexpr, ALIGNED: tl.constexpr):
+    # fp32 master weights, or a Kahan compensation in the param dtype.
+    if UPDATE == C_UPDATE_MASTER:
+        return address(aux_addr, tl.float32, ALIGNED)
+    else:
+        return address(aux_addr, PARAM_DTYPE, ALIGNED)
+
+
+@triton.jit
+def _update_full_blocks(
+    param_addr,
+    grad_addr,
+    exp_avg_addr,
+    exp_avg_sq_addr,
+    max_exp_avg_sq_addr,
+    aux_addr,
+    block_start,
+    full_end,
+    inv_scale,
+    clip_coef,
+    keep,
+    weight1,
+    beta2,
+    weight2,
+    eps,
+    bias_correction2_sqrt,
+    neg_step_size,
+    rng_seed,
+    PARAM_DTYPE: tl.constexpr,
+    STATE_DTYPE: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    UPDATE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The unmasked whole blocks of one chunk: a mask of unknown alignment would stop
+    vectorization. ALIGNED: every address is 16-byte aligned (vector loads and stores)."""
+    param_ptr = address(param_addr, PARAM_DTYPE, ALIGNED)
+    grad_ptr = address(grad_addr, PARAM_DTYPE, ALIGNED)
+    exp_avg_ptr = address(exp_avg_addr, STATE_DTYPE, ALIGNED)
+    exp_avg_sq_ptr = address(exp_avg_sq_addr, STATE_DTYPE, ALIGNED)
+    max_exp_avg_sq_ptr = address(max_exp_avg_sq_addr, STATE_DTYPE, ALIGNED)
+    aux_ptr = _aux_address(aux_addr, PARAM_DTYPE, UPDATE, ALIGNED)
+    # A while loop, not range(): the interpreter cannot take range bounds from loaded scalars
+    # under numpy >= 2.4.
+    while block_start < full_end:
+        offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
+        _update_block(
+            param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
+            offsets, offsets < full_end, inv_scale, clip_coef, keep, weight1, beta2, weight2,
+            eps, bias_correction2_sqrt, neg_step_size, rng_seed,
+            PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, False,
+        )  # fmt: skip
+        block_start += BLOCK
+
+
+@triton.jit
 def adamw_kernel(
     tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS]
     chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
@@ -185,7 +244,6 @@ def adamw_kernel(
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     UPDATE: tl.constexpr,
-    ALIGNED: tl.constexpr,  # every address is 16-byte aligned: vector loads and stores
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -196,11 +254,12 @@ def adamw_kernel(
     start = tl.multiple_of(tl.load(chunk_row + C_CHUNK_START), BLOCK)
 
     row = tensor_table_ptr + tensor_idx * C_TENSOR_COLS
-    param_ptr = address(tl.load(row + C_PARAM), PARAM_DTYPE, ALIGNED)
-    grad_ptr = address(tl.load(row + C_GRAD), PARAM_DTYPE, ALIGNED)
-    exp_avg_ptr = address(tl.load(row + C_EXP_AVG), STATE_DTYPE, ALIGNED)
-    exp_avg_sq_ptr = address(tl.load(row + C_EXP_AVG_SQ), STATE_DTYPE, ALIGNED)
-    max_exp_avg_sq_ptr = address(tl.load(row + C_MAX_EXP_AVG_SQ), STATE_DTYPE, ALIGNED)
+    param_addr = tl.load(row + C_PARAM)
+    grad_addr = tl.load(row + C_GRAD)
+    exp_avg_addr = tl.load(row + C_EXP_AVG)
+    exp_avg_sq_addr = tl.load(row + C_EXP_AVG_SQ)
+    max_exp_avg_sq_addr = tl.load(row + C_MAX_EXP_AVG_SQ)
+    aux_addr = tl.load(row + C_AUX)
     step_ptr = tl.load(row + C_STEP).to(tl.pointer_type(tl.float32))
     numel = tl.load(row + C_NUMEL)
     group_idx = tl.load(row + C_GROUP)
@@ -214,10 +273,14 @@ def adamw_kernel(
     eps = tl.load(group_row + C_EPS).to(tl.float32)
 
     # GradScaler: scale and found_inf are read on the device; an inf step changes nothing,
-    # its step count included. Clipping: torch's coefficient, min(1, max_norm / (norm + 1e-6)).
+    # its step count included. Clipping: torch's coefficient, min(1, max_norm / (norm + 1e-6)),
+    # NaN for a NaN norm as torch's clamp gives (the default minimum would drop the NaN and
+    # update every finite element with its unclipped grad).
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
     clip_coef = tl.minimum(
-        tl.load(clip_ptr + C_MAX_NORM) / (tl.sqrt_rn(tl.load(clip_ptr + C_SUMSQ)) + 1e-6), 1.0
+        tl.load(clip_ptr + C_MAX_NORM) / (tl.sqrt_rn(tl.load(clip_ptr + C_SUMSQ)) + 1e-6),
+        1.0,
+        propagate_nan=tl.PropagateNan.ALL,
     ).to(tl.float32)
     update = tl.load(found_inf_ptr) == 0
     old_step = tl.load(step_ptr)
@@ -233,33 +296,41 @@ def adamw_kernel(
     weight1 = (1.0 - beta1).to(tl.float32)
     beta2_f = beta2.to(tl.float32)
     weight2 = (1.0 - beta2).to(tl.float32)
-    if UPDATE == C_UPDATE_MASTER:
-        aux_ptr = address(tl.load(row + C_AUX), tl.float32, ALIGNED)
-    else:
-        aux_ptr = address(tl.load(row + C_AUX), PARAM_DTYPE, ALIGNED)
     rng_seed = seed + step_int.to(tl.int64) * 1_000_003 + tensor_idx * 7_919
 
     # On an inf step the range is empty: nothing is read or written.
     end = tl.where(update, tl.minimum(start + chunk_size, numel), start)
-    # Whole blocks without a mask (a mask of unknown alignment would stop vectorization), then
-    # one masked tail.
     full_end = start + (end - start) // BLOCK * BLOCK
-    block_start = start
-    # A while loop, not range(): the interpreter cannot take range bounds from loaded scalars
-    # under numpy >= 2.4.
-    while block_start < full_end:
-        offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
-        _update_block(
-            param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
-            offsets, offsets < end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
+    # Alignment per tensor, read off its own addresses (0 for an absent state is aligned): one
+    # misaligned tensor, such as a 1-element grad at the head of a DDP bucket view, takes the
+    # scalar-access loop alone while every other tensor of the launch keeps 16-byte vectors.
+    # Both loops are compiled into the kernel; the branch is uniform over the program.
+    misaligned = (
+        param_addr | grad_addr | exp_avg_addr | exp_avg_sq_addr | max_exp_avg_sq_addr | aux_addr
+    ) & 15
+    if misaligned == 0:
+        _update_full_blocks(
+            param_addr, grad_addr, exp_avg_addr, exp_avg_sq_addr, max_exp_avg_sq_addr, aux_addr,
+            start, full_end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
             bias_correction2_sqrt, neg_step_size, rng_seed,
-            PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, False,
+            PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, True, BLOCK,
         )  # fmt: skip
-        block_start += BLOCK
-    if full_end < end:
+    else:
+        _update_full_blocks(
+            param_addr, grad_addr, exp_avg_addr, exp_avg_sq_addr, max_exp_avg_sq_addr, aux_addr,
+            start, full_end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
+            bias_correction2_sqrt, neg_step_size, rng_seed,
+            PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, False, BLOCK,
+        )  # fmt: skip
+    if full_end < end:  # one masked tail, with scalar accesses
         offsets = full_end + tl.arange(0, BLOCK).to(tl.int64)
         _update_block(
-            param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, aux_ptr,
+            address(param_addr, PARAM_DTYPE, False),
+            address(grad_addr, PARAM_DTYPE, False),
+            address(exp_avg_addr, STATE_DTYPE, False),
+            address(exp_avg_sq_addr, STATE_DTYPE, False),
+            address(max_exp_avg_sq_addr, STATE_DTYPE, False),
+            _aux_address(aux_addr, PARAM_DTYPE, UPDATE, False),
             offsets, offsets < end, inv_scale, clip_coef, keep, weight1, beta2_f, weight2, eps,
             bias_correction2_sqrt, neg_step_size, rng_seed,
             PARAM_DTYPE, STATE_DTYPE, AMSGRAD, MAXIMIZE, UPDATE, True,
@@ -268,8 +339,10 @@ def adamw_kernel(
     # Every program of a tensor reads the old step above; the last one to finish writes the new
     # one, so a single launch needs no second pass and no host round trip. The barrier makes
     # every warp of this program read the old step before its one atomic counts it as done.
+    # acq_rel, explicitly: the last program's acquire orders its step write after every other
+    # program's reads of the old step.
     tl.debug_barrier()
-    finished = tl.atomic_add(done_count_ptr + tensor_idx, 1)
+    finished = tl.atomic_add(done_count_ptr + tensor_idx, 1, sem="acq_rel")
     if finished == n_chunks - 1:
         tl.store(step_ptr, step)
         tl.store(done_count_ptr + tensor_idx, 0)

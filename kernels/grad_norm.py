@@ -25,6 +25,22 @@ __all__ = ["grad_norm_kernel"]
 
 
 @triton.jit
+def _sumsq_full_blocks(
+    grad_addr, block_start, full_end, inv_scale, PARAM_DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Squares of the whole blocks, unmasked (vector loads when ALIGNED)."""
+    grad_ptr = address(grad_addr, PARAM_DTYPE, ALIGNED)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    while block_start < full_end:  # while, not range(): see the AdamW kernel's loop
+        offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
+        block_start += BLOCK
+        grad = tl.load(grad_ptr + offsets).to(tl.float32) * inv_scale
+        acc += grad * grad
+    return acc
+
+
+@triton.jit
 def grad_norm_kernel(
     tensor_table_ptr,  # int64 [n_tensors, TENSOR_COLS] (AdamW's table)
     chunk_table_ptr,  # int64 [n_programs, CHUNK_COLS]
@@ -37,7 +53,6 @@ def grad_norm_kernel(
     max_norm,
     accumulate,  # 1: add to clip_ptr[0] (a second dtype bucket), 0: overwrite
     PARAM_DTYPE: tl.constexpr,
-    ALIGNED: tl.constexpr,  # every grad address is 16-byte aligned: vector loads
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -46,29 +61,29 @@ def grad_norm_kernel(
     # Chunks start at multiples of BLOCK.
     start = tl.multiple_of(tl.load(chunk_row + C_CHUNK_START), BLOCK)
     row = tensor_table_ptr + tensor_idx * C_TENSOR_COLS
-    grad_ptr = address(tl.load(row + C_GRAD), PARAM_DTYPE, ALIGNED)
+    grad_addr = tl.load(row + C_GRAD)
     numel = tl.load(row + C_NUMEL)
     # Unscale before squaring so that a large loss scale cannot overflow the fp32 sum.
     inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
 
-    acc = tl.zeros((BLOCK,), tl.float32)
     end = tl.minimum(start + chunk_size, numel)
-    # Whole blocks unmasked (vector loads), then one masked tail, as in the AdamW kernel.
+    # Whole blocks unmasked, with vector loads where this grad is 16-byte aligned (decided per
+    # tensor, as in the AdamW kernel), then one masked tail.
     full_end = start + (end - start) // BLOCK * BLOCK
-    block_start = start
-    while block_start < full_end:
-        offsets = block_start + tl.arange(0, BLOCK).to(tl.int64)
-        block_start += BLOCK
-        grad = tl.load(grad_ptr + offsets).to(tl.float32) * inv_scale
-        acc += grad * grad
+    if (grad_addr & 15) == 0:
+        acc = _sumsq_full_blocks(grad_addr, start, full_end, inv_scale, PARAM_DTYPE, True, BLOCK)
+    else:
+        acc = _sumsq_full_blocks(grad_addr, start, full_end, inv_scale, PARAM_DTYPE, False, BLOCK)
     if full_end < end:
         offsets = full_end + tl.arange(0, BLOCK).to(tl.int64)
+        grad_ptr = address(grad_addr, PARAM_DTYPE, False)
         grad = tl.load(grad_ptr + offsets, mask=offsets < end, other=0.0).to(tl.float32)
         grad = grad * inv_scale
         acc += grad * grad
     tl.store(partials_ptr + pid, tl.sum(acc, axis=0))
 
-    finished = tl.atomic_add(done_count_ptr, 1)
+    # acq_rel: releases this program's partial, and the last one acquires everyone's.
+    finished = tl.atomic_add(done_count_ptr, 1, sem="acq_rel")
     if finished == n_programs - 1:
         total = tl.zeros((BLOCK,), tl.float32)
         first = 0

@@ -102,3 +102,72 @@ def test_empty_tensors_get_one_program_and_count_their_step(device):
         _launch(bucket, device, config)
     assert [s.step.item() for s in slots] == [3, 3, 3]
     assert bucket.done_count.tolist() == [0, 0, 0], "scratch counters must reset"
+
+
+def _carved(sizes, offset_elems, device, dtype=torch.float32):
+    """Views of one buffer, the i-th starting ``offset_elems[i]`` elements past a 16-byte
+    boundary: offset 0 is aligned, any other (for fp32) is not."""
+    per_16 = 16 // dtype.itemsize
+    buffer = torch.zeros(sum(sizes) + 2 * per_16 * len(sizes), device=device, dtype=dtype)
+    assert buffer.data_ptr() % 16 == 0
+    views, at = [], 0
+    for n, off in zip(sizes, offset_elems):
+        views.append(buffer[at + off : at + off + n])
+        at = -(-(at + off + n) // per_16) * per_16  # the next 16-byte boundary
+    return views
+
+
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("device", kernel_devices())
+def test_mixed_alignment_launch_matches_the_plain_twin(device, amsgrad, monkeypatch):
+    """One launch mixing aligned tensors, a param at an odd offset and a 1-element grad at the
+    head of a bucket-view-like buffer: every tensor matches the plain twin, and the aligned
+    tensors took the vector-access loop (alignment is per tensor, not per launch)."""
+    from fused_mup.kernels import adamw as adamw_module
+
+    taken = []
+    real = adamw_module._update_full_blocks
+
+    def spy(*args):
+        taken.append(bool(args[-2]))  # ALIGNED
+        return real(*args)
+
+    monkeypatch.setattr(adamw_module, "_update_full_blocks", spy)
+    config = KernelConfig(block=32, chunk_size=64)
+    sizes = [1, 100, 70, 33]
+    params = _carved(sizes, [0, 0, 1, 0], device)  # tensor 2: a param at a 4-byte offset
+    grads = _carved(sizes, [0, 1, 0, 0], device)  # grad 1 follows a 1-element grad: offset 4 B
+    slots = []
+    for p, g in zip(params, grads):
+        p.copy_(torch.randn(p.shape))
+        g.copy_(torch.randn(g.shape))
+        slot = _slot(p.numel(), device)
+        slot.param = p
+        slot.exp_avg.copy_(torch.randn(p.shape) * 0.1)
+        slot.exp_avg_sq.copy_(torch.rand(p.shape) * 0.1)
+        if amsgrad:
+            slot.max_exp_avg_sq = slot.exp_avg_sq * 1.5
+        slots.append(slot)
+    twins = []
+    for slot, g in zip(slots, grads):
+        t = [x.clone() if x is not None else None for x in (slot.param, slot.exp_avg,
+             slot.exp_avg_sq, slot.max_exp_avg_sq, slot.step)]  # fmt: skip
+        lr, decay, b1, b2, eps = GROUP
+        for _ in range(2):
+            adamw_step_(t[0], g, t[1], t[2], t[3], t[4], lr=lr, decay=decay, beta1=b1,
+                        beta2=b2, eps=eps, maximize=False)  # fmt: skip
+        twins.append(t)
+    key = BucketKey(torch.device(device), torch.float32, torch.float32, amsgrad, False)
+    bucket = launcher.build_bucket(key, slots, [g.data_ptr() for g in grads], config)
+    for _ in range(2):
+        _launch(bucket, device, config)
+    for i, (slot, t) in enumerate(zip(slots, twins)):
+        assert_close(slot.param, t[0], torch.float32, f"tensor {i} param")
+        assert_close(slot.exp_avg, t[1], torch.float32, f"tensor {i} exp_avg")
+        assert_close(slot.exp_avg_sq, t[2], torch.float32, f"tensor {i} exp_avg_sq")
+        if amsgrad:
+            assert_close(slot.max_exp_avg_sq, t[3], torch.float32, f"tensor {i} max")
+        assert slot.step.item() == 2
+    # Per step, per program: sizes 1, 100, 70, 33 -> 1, 2, 2, 1 programs; tensors 1 and 2 are
+    # misaligned (grad, param), tensors 0 and 3 aligned.
+    assert taken == [True, False, False, False, False, True] * 2, taken

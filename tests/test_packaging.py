@@ -41,6 +41,17 @@ def test_wheel_contains_fused_mup_kernels_and_no_top_level_kernels(tmp_path):
     top_level = {n.split("/")[0] for n in names}
     assert "kernels" not in top_level, sorted(top_level)
     assert {"fused_mup"} <= top_level
+    # Every subpackage of the source tree ships (pyproject lists them one by one).
+    for init in (ROOT / "fused_mup").rglob("__init__.py"):
+        name = init.relative_to(ROOT).as_posix()
+        assert name in names, f"{name} is missing from the wheel: add it to pyproject's packages"
+    # triton is required on Linux only (tests/test_no_triton.py: everything else runs without).
+    (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    requires = [
+        line for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
+        if line.startswith("Requires-Dist: triton")
+    ]  # fmt: skip
+    assert requires == ['Requires-Dist: triton>=3.6; platform_system == "Linux"'], requires
 
     # Installed from the wheel (ahead of the editable install on sys.path), it imports.
     target = tmp_path / "site"

@@ -29,6 +29,7 @@ from fused_mup.optim.validation import (
     EXTRA_GROUP_KEYS,
     KERNEL_DTYPES,
     check_hyperparameters,
+    to_scalar,
 )
 from fused_mup.reference import adamw_step_
 
@@ -79,7 +80,7 @@ class AdamW(torch.optim.Optimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
         lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
@@ -110,7 +111,9 @@ class AdamW(torch.optim.Optimizer):
             **EXTRA_GROUP_KEYS,
             "bf16_update": bf16_update,
         }
+        # Before the params are read, as torch: a bad argument is reported as such.
         check_hyperparameters(defaults, where="")
+        defaults["betas"] = tuple(map(to_scalar, defaults["betas"]))
         if differentiable:
             raise NotImplementedError(
                 "fused_mup.AdamW does not support differentiable=True: the fused kernel updates "
@@ -131,9 +134,11 @@ class AdamW(torch.optim.Optimizer):
         self._reset_caches()
         super().__init__(params, defaults)
         self.state = CountingStateDict(dict, self.state)
-        # GradScaler hands us grad_scale / found_inf instead of unscaling and checking itself
-        # through separate passes (torch's fused optimizers do the same).
-        self._step_supports_amp_scaling = True
+        # False, as torch.optim.AdamW: GradScaler.step unscales and checks the grads itself.
+        # True (torch's fused optimizers) makes Lightning refuse gradient_clip_val with any
+        # mixed precision. clip_grad_norm_(grad_scaler=...) sets it for the one step that
+        # follows, so that the scaler hands over its scale and inf flag on the device instead.
+        self._step_supports_amp_scaling = False
 
     def _reset_caches(self) -> None:
         """The derived, rebuildable attributes: listed once, for __init__ and unpickling."""
@@ -146,8 +151,9 @@ class AdamW(torch.optim.Optimizer):
     # ---- param groups and checkpoints -------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        filled = {**self.defaults, **param_group}
-        check_hyperparameters(filled, where=f"param group {len(self.param_groups)}")
+        if isinstance(param_group, dict):  # else torch's own TypeError below
+            filled = {**self.defaults, **param_group}
+            check_hyperparameters(filled, where=f"param group {len(self.param_groups)}")
         super().add_param_group(param_group)
         self._planner.invalidate()
 
@@ -157,7 +163,16 @@ class AdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in EXTRA_GROUP_KEYS.items():
                 group.setdefault(key, value)
-            group.setdefault("decoupled_weight_decay", True)
+            # As torch.optim.AdamW: a loaded torch.optim.Adam checkpoint says False.
+            group["decoupled_weight_decay"] = True
+            for p in group["params"]:
+                # As torch: a plain-number step (older or hand-written checkpoints) becomes a
+                # tensor, here on the param's device where the kernel counts it.
+                p_state = self.state.get(p)
+                if isinstance(p_state, dict) and not torch.is_tensor(p_state.get("step", 0)):
+                    p_state["step"] = torch.tensor(
+                        float(p_state["step"]), dtype=torch.float32, device=p.device
+                    )
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("state_dtype", None)
         self.__dict__.setdefault("kernel_config", KernelConfig())
@@ -168,7 +183,8 @@ class AdamW(torch.optim.Optimizer):
         """torch's format, with plain dicts, so that ``torch.load(weights_only=True)`` and
         torch.optim.AdamW read it."""
         out = super().state_dict()
-        out["state"] = {k: dict(v) for k, v in out["state"].items()}
+        # Entries need not be per-param dicts (a state_dict hook may store anything).
+        out["state"] = {k: dict(v) if isinstance(v, dict) else v for k, v in out["state"].items()}
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -219,6 +235,7 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._update()
+        self._step_supports_amp_scaling = False  # back to GradScaler's own unscale pass
         return loss
 
     # Dynamo cannot trace the launch (its tables hold raw addresses), so inside a compiled
@@ -322,6 +339,9 @@ class AdamW(torch.optim.Optimizer):
         if scaler_state is not None:
             scaler_state["found_inf_per_device"] = {device: clip[ClipSlot.NONFINITE]}
             scaler_state["stage"] = OptState.UNSCALED
+            # scaler.step(opt) then passes found_inf on the device (no host read) and calls
+            # step(), which skips on inf inside the kernel.
+            self._step_supports_amp_scaling = True
         return total_norm
 
     # ---- per-step helpers ---------------------------------------------------------------------
@@ -361,6 +381,8 @@ def adamw(
     groups = opt.param_groups
     capturable = any(g["capturable"] for g in groups)
     values = group_scalars(groups) if plan.unlaunched or not capturable else []
+    for param, staging in plan.staged:
+        staging.copy_(param)
     for bucket, _ in plan.buckets:
         device = bucket.key.device
         scale, inf = opt._amp_tensors(device, grad_scale, found_inf)
@@ -369,6 +391,8 @@ def adamw(
         else:
             table = opt._group_tables.get(device, values)
         launcher.launch(bucket, table, scale, inf, opt.kernel_config, clip=clip, seed=opt.seed)
+    for param, staging in plan.staged:
+        param.copy_(staging)
 
     if plan.cpu_fused:
         params = [p for group in groups for p in group["params"]]

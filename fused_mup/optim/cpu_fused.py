@@ -48,6 +48,7 @@ class CpuFusedGroup:
     exp_avg_sqs: list[Tensor] = field(default_factory=list)
     max_exp_avg_sqs: list[Tensor] = field(default_factory=list)
     steps: list[Tensor] = field(default_factory=list)
+    views: bool = False  # some grad needs a real or local view (complex, DTensor)
 
 
 def _grad_divisor(grad_scale: Tensor | None, clip: Tensor | None) -> Tensor | None:

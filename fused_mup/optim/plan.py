@@ -7,7 +7,7 @@ the compile-time switches, the tile config); per step it costs one scan of data 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -16,11 +16,8 @@ from fused_mup import launcher
 from fused_mup.launcher import Bucket, BucketKey, KernelConfig, TensorSlot
 from fused_mup.optim.cpu_fused import CpuFusedGroup, takes
 from fused_mup.optim.modes import update_mode
-from fused_mup.optim.state import CountingStateDict, prepare_state
+from fused_mup.optim.state import CountingStateDict, is_dense, layout_strides, prepare_state
 from fused_mup.optim.validation import KERNEL_DTYPES
-
-if TYPE_CHECKING:
-    from fused_mup.optim.adamw import AdamW
 
 try:  # DTensor params (FSDP2, tensor parallel): the kernel updates their local shards.
     from torch.distributed.tensor import DTensor
@@ -52,18 +49,6 @@ def real_view(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def is_dense(t: Tensor) -> bool:
-    """Non-overlapping and dense: its elements fill its storage span, in any dim order."""
-    if t.is_contiguous():
-        return True
-    expected = 1
-    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 def param_name(param_groups: list[dict[str, Any]], gi: int, pi: int) -> str:
     """How errors name a parameter: by its name if the groups carry ``param_names``."""
     group = param_groups[gi]
@@ -81,6 +66,16 @@ def refuse_during_capture(what: str) -> None:
             f"fused_mup.AdamW: {what} during CUDA graph capture. Run a few eager steps "
             "first and keep params and grads static while capturing."
         )
+
+
+class PlannedOptimizer(Protocol):
+    """What a plan reads from the optimizer (``fused_mup.AdamW``)."""
+
+    param_groups: list[dict[str, Any]]
+    state: Any
+    backend: str
+    state_dtype: torch.dtype | None
+    kernel_config: KernelConfig
 
 
 class ParamRef(NamedTuple):
@@ -133,6 +128,18 @@ class Plan:
     has_dtensor: bool = False
     grad_copy_any: bool = False
     grads_moved: bool = True  # grad addresses changed since the tables were last written
+    # Non-dense params the kernel updates through a dense copy: (param, staging) pairs.
+    staged: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    # The state tensors the tables point at, and their addresses: `t.data = ...` (the
+    # optimizer_to(device) offload snippet) moves a storage without touching optimizer.state.
+    state_tensors: list[Tensor] = field(default_factory=list)
+    state_addresses: list[int] = field(default_factory=list)
+
+
+def _addresses(tensors: list[Tensor], has_dtensor: bool) -> list[int]:
+    if has_dtensor:
+        return [local(t).data_ptr() for t in tensors]
+    return list(map(Tensor.data_ptr, tensors))  # the per-step scan: no call per tensor in Python
 
 
 def _switches(param_groups: list[dict[str, Any]]) -> list[tuple]:
@@ -146,7 +153,6 @@ def _switches(param_groups: list[dict[str, Any]]) -> list[tuple]:
 
 def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
     real_dtype = p.real.dtype if p.is_complex() else p.dtype
-    dense = is_dense(local(p))
     if backend == "torch":
         return False
     if backend == "triton":
@@ -154,10 +160,6 @@ def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
             raise TypeError(
                 f"backend='triton' supports float32, bfloat16 and float16 params; "
                 f"{where} is {p.dtype}. Use backend='auto' to update it with plain torch."
-            )
-        if not dense:
-            raise RuntimeError(
-                f"backend='triton' needs dense params; {where} has strides {p.stride()}"
             )
         launcher.require_triton(f"backend='triton' ({where})")
         if not launcher.triton_available_for(p.device):
@@ -170,9 +172,17 @@ def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
     return (
         p.device.type == "cuda"
         and real_dtype in KERNEL_DTYPES
-        and dense
         and launcher.triton_available_for(p.device)
     )
+
+
+def _kernel_state_keys(group: dict[str, Any], mode: Any) -> list[str]:
+    keys = ["exp_avg", "exp_avg_sq", "step"]
+    if group["amsgrad"]:
+        keys.append("max_exp_avg_sq")
+    if mode.aux_key:
+        keys.append(mode.aux_key)
+    return keys
 
 
 def _shard_group(entries: list[_Entry]) -> Any:
@@ -194,7 +204,7 @@ def _shard_group(entries: list[_Entry]) -> Any:
     return mesh.get_group()
 
 
-def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan:
+def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | None]) -> Plan:
     # Validate everything before touching anything, so an error loses no state.
     entries: list[_Entry] = []
     flat = 0
@@ -221,6 +231,8 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
     plain: list[ParamRef] = []
     fused: dict[int, CpuFusedGroup] = {}
     grad_copies: dict[int, bool] = {}
+    staged: list[tuple[Tensor, Tensor]] = []
+    state_tensors: list[Tensor] = []
     for ref, p, g, where, use in entries:
         group = opt.param_groups[ref.group]
         mode = update_mode(p, group, where)
@@ -233,6 +245,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
                     ref.group, CpuFusedGroup(ref.group, amsgrad, bool(group["maximize"]))
                 )
                 fg.flat.append(ref.flat)
+                fg.views = fg.views or real is not p
                 fg.params.append(real)
                 fg.exp_avgs.append(exp_avg)
                 fg.exp_avg_sqs.append(real_view(state["exp_avg_sq"]))
@@ -244,6 +257,13 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
                 plain.append(ref)
             continue
         exp_avg = real_view(state["exp_avg"])
+        target = local(p)
+        if not is_dense(target):
+            # The kernel walks memory in order: it updates a dense copy, which the step copies
+            # in and out (two extra copies of the param per step, see docs/optimizer.md).
+            staging = torch.empty_like(target)
+            staged.append((target, staging))
+            target = staging
         key = BucketKey(
             device=p.device,
             param_dtype=real_view(p).dtype,
@@ -253,7 +273,7 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
             update=mode.code,
         )
         slot = TensorSlot(
-            param=real_view(p),
+            param=real_view(target),
             exp_avg=exp_avg,
             exp_avg_sq=real_view(state["exp_avg_sq"]),
             max_exp_avg_sq=real_view(state["max_exp_avg_sq"]) if group["amsgrad"] else None,
@@ -261,16 +281,18 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
             group_index=ref.group,
             aux=real_view(state[mode.aux_key]) if mode.aux_key else None,
         )
+        state_tensors += [state[k] for k in _kernel_state_keys(group, mode)]
         slots, indices, addresses = by_key.setdefault(key, ([], [], []))
         slots.append(slot)
         indices.append(ref.flat)
-        grad_copies[ref.flat] = local(g).stride() != local(p).stride()
+        grad_copies[ref.flat] = local(g).stride() != target.stride()
         addresses.append(0 if grad_copies[ref.flat] else local(g).data_ptr())
 
     buckets = [
         (launcher.build_bucket(key, slots, addresses, opt.kernel_config), indices)
         for key, (slots, indices, addresses) in by_key.items()
     ]
+    has_dtensor = DTensor is not None and any(isinstance(e.param, DTensor) for e in entries)
     return Plan(
         param_addresses=[
             local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
@@ -282,9 +304,12 @@ def _build(opt: AdamW, params: list[Tensor], grads: list[Tensor | None]) -> Plan
         unlaunched=sorted([r.flat for r in plain] + [i for fg in fused.values() for i in fg.flat]),
         switches=_switches(opt.param_groups),
         sharded=_shard_group(entries),
-        has_dtensor=DTensor is not None and any(isinstance(e.param, DTensor) for e in entries),
+        has_dtensor=has_dtensor,
         grad_copy_any=any(grad_copies.values()),
         grad_copies=grad_copies,
+        staged=staged,
+        state_tensors=state_tensors,
+        state_addresses=_addresses(state_tensors, has_dtensor),
     )
 
 
@@ -300,6 +325,8 @@ def cpu_fused_grads(
     plan: Plan, fused: CpuFusedGroup, params: list[Tensor], grads: list[Tensor | None]
 ) -> list[Tensor]:
     """This step's grads of one torch-fused group, as real views with the params' strides."""
+    if not fused.views and not plan.grad_copy_any:  # the common case: the grads as they are
+        return [grads[i] for i in fused.flat]
     out = []
     for i in fused.flat:
         g = grads[i]
@@ -318,7 +345,7 @@ class Planner:
     def invalidate(self) -> None:
         self.plan = None
 
-    def current(self, opt: AdamW, grads: list[Tensor | None]) -> Plan:
+    def current(self, opt: PlannedOptimizer, grads: list[Tensor | None]) -> Plan:
         """The cached plan, or a new one if params or states moved.
 
         Per step this costs lists of data pointers and sizes and an O(1) check of the state
@@ -348,6 +375,7 @@ class Planner:
             and (id(opt.state), getattr(opt.state, "version", -2)) == plan.state_version
             and _switches(opt.param_groups) == plan.switches
             and opt.kernel_config == plan.config
+            and _addresses(plan.state_tensors, plan.has_dtensor) == plan.state_addresses
         ):
             if grad_addresses != plan.grad_addresses:
                 # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
@@ -355,12 +383,12 @@ class Planner:
                 for i, (new, old) in enumerate(zip(grad_addresses, plan.grad_addresses)):
                     if new != old and grads[i] is not None and i in plan.grad_copies:
                         g, p = local(grads[i]), local(params[i])
-                        plan.grad_copies[i] = g.stride() != p.stride()
+                        plan.grad_copies[i] = g.stride() != layout_strides(p)
                 plan.grad_copy_any = any(plan.grad_copies.values())
                 plan.grad_addresses = grad_addresses
                 plan.grads_moved = True
             return plan
-        refuse_during_capture("the set of params, or where they live, changed")
+        refuse_during_capture("the set of params or states, or where they live, changed")
         if not isinstance(opt.state, CountingStateDict):  # replaced by a caller: keep counting
             opt.state = CountingStateDict(dict, opt.state)
         plan = _build(opt, params, grads)

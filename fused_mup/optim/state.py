@@ -10,7 +10,28 @@ from torch import Tensor
 
 from fused_mup.optim.modes import UpdateMode
 
-__all__ = ["CountingStateDict", "ParamState", "prepare_state"]
+__all__ = ["CountingStateDict", "ParamState", "is_dense", "layout_strides", "prepare_state"]
+
+
+def is_dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: its elements fill its storage span, in any dim order."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def layout_strides(p: Tensor) -> tuple[int, ...]:
+    """The strides of every per-param buffer the kernel walks beside ``p``: ``p``'s own when it
+    is dense (the kernel walks all of them in memory order), else the dense order that
+    ``torch.empty_like(p)`` picks (the kernel then updates a dense staging copy of ``p``)."""
+    if is_dense(p):
+        return p.stride()
+    return torch.empty_like(p, device="meta").stride()
 
 
 class ParamState(dict):
@@ -146,13 +167,21 @@ def prepare_state(
                 + ", ".join(f"{k}={state[k].dtype}" for k in keys)
             )
     step = state.get("step")
-    if not torch.is_tensor(step):
+    if not torch.is_tensor(step):  # an older or hand-written checkpoint: torch converts it too
         step = torch.tensor(float(step or 0.0))
-    if step.device != p.device or step.dtype != torch.float32 or step.dim() != 0:
+    if (
+        step is not state.get("step")
+        or step.device != p.device
+        or step.dtype != torch.float32
+        or step.dim() != 0
+    ):
         state["step"] = step.to(device=p.device, dtype=torch.float32).reshape(())
-    for key in keys:
+    # Moments, max and helper buffers all take p's layout: after model.to(channels_last), or a
+    # checkpoint saved with other strides, the kernel would otherwise pair mismatched elements.
+    layout = layout_strides(p)
+    for key in keys + ([aux_key] if aux_key else []):
         value = state[key]
-        if value.device != p.device or value.stride() != p.stride():
+        if value.device != p.device or value.stride() != layout:
             moved = torch.empty_like(p, dtype=value.dtype)
             moved.copy_(value)
             state[key] = moved

@@ -15,6 +15,7 @@ __all__ = [
     "KERNEL_DTYPES",
     "WEIGHT_DECAY_MODES",
     "check_hyperparameters",
+    "to_scalar",
 ]
 
 BACKENDS = ("auto", "triton", "torch")
@@ -30,11 +31,18 @@ EXTRA_GROUP_KEYS = {
 
 
 def check_hyperparameters(group: dict[str, Any], where: str) -> None:
-    """torch's ValueErrors, with the group named when it is not the constructor's defaults."""
+    """torch.optim.AdamW's checks, in its order and with its messages (the group named when it
+    is not the constructor's defaults), then ours."""
     lr, eps, betas, weight_decay = group["lr"], group["eps"], group["betas"], group["weight_decay"]
     suffix = "" if not where else f" in {where}"
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"Tensor lr must be 1-element{suffix}")
+    foreach, capturable = group.get("foreach"), group.get("capturable", False)
+    if isinstance(lr, Tensor):
+        if foreach and not capturable:
+            raise ValueError(
+                f"lr as a Tensor is not supported for capturable=False and foreach=True{suffix}"
+            )
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element{suffix}")
     if not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}{suffix}")
     if not 0.0 <= eps:
@@ -45,6 +53,17 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
         raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}{suffix}")
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}{suffix}")
+    if not (all(isinstance(b, float) for b in betas) or all(isinstance(b, Tensor) for b in betas)):
+        raise ValueError(f"betas must be either both floats or both Tensors{suffix}")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, Tensor):
+            if foreach and not capturable:
+                raise ValueError(
+                    f"betas[{i}] as a Tensor is not supported for capturable=False and "
+                    f"foreach=True{suffix}"
+                )
+            if beta.numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element{suffix}")
     if not 0.0 <= group["lr_mult"]:
         raise ValueError(f"Invalid lr_mult value: {group['lr_mult']}{suffix}")
     if not 0.0 <= group["wd_mult"]:
@@ -54,8 +73,18 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             f"Invalid weight_decay_mode: {group['weight_decay_mode']!r}{suffix}; "
             f"expected one of {WEIGHT_DECAY_MODES}"
         )
+    if not group.get("decoupled_weight_decay", True):
+        raise ValueError(
+            f"decoupled_weight_decay=False{suffix}: fused_mup.AdamW applies decoupled (AdamW) "
+            "weight decay only; use torch.optim.Adam for L2 weight decay."
+        )
     if group["bf16_update"] not in UPDATE_MODES:
         raise ValueError(
             f"Invalid bf16_update: {group['bf16_update']!r}{suffix}; "
             f"expected one of {tuple(UPDATE_MODES)}"
         )
+
+
+def to_scalar(x: Any) -> Any:
+    """As torch's optimizers store tensor betas: a 1-element tensor becomes 0-d."""
+    return x.squeeze() if isinstance(x, Tensor) and x.dim() != 0 else x

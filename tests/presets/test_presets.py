@@ -205,11 +205,92 @@ class RawParam(nn.Module):
         self.head = nn.Linear(d, VOCAB)
 
 
-def test_tied_raises_naming_both() -> None:
-    with pytest.raises(ValueError, match=r"tied.*'wte\.weight'.*'lm_head\.weight'"):
-        param_groups(GPT2Like(64, tied=True), "mup", base_model=GPT2Like(16, tied=True))
+@pytest.mark.parametrize("preset", ["mup_lr", "sp_emb", "sp_emb_sqrt"])
+def test_tied_raises_naming_both_where_the_role_matters(preset: str) -> None:
+    with pytest.raises(ValueError, match=r"tied.*'wte\.weight'.*'lm_head\.weight'.*" + preset):
+        param_groups(GPT2Like(64, tied=True), preset, base_model=GPT2Like(16, tied=True))
     with pytest.raises(ValueError, match=r"'wte\.weight'.*'lm_head\.weight'"):
-        param_groups(GPT2Like(64, tied=True), "mup", width_mult=4.0)
+        param_groups(GPT2Like(64, tied=True), preset, width_mult=4.0)
+    # param_roles knows no preset: a tie always needs a policy there.
+    with pytest.raises(ValueError, match=r"'wte\.weight'.*'lm_head\.weight'"):
+        param_roles(GPT2Like(64, tied=True), width_mult=4.0)
+
+
+@pytest.mark.parametrize("preset", ["sp", "mup"])
+def test_tied_needs_no_policy_where_the_role_does_not_matter(preset: str) -> None:
+    """sp and mup give embedding and readout the same lr_mult and decay: the tie is the
+    embedding (mup's MuSharedReadout), so mup_init_ never zeroes it."""
+    model = GPT2Like(64, tied=True)
+    groups = param_groups(model, preset, base_model=GPT2Like(16, tied=True))
+    assert roles_of(groups)["wte.weight"] == "embedding"
+    assert groups == param_groups(
+        model, preset, base_model=GPT2Like(16, tied=True), tied="embedding"
+    )
+    g = next(g for g in groups if "wte.weight" in g["param_names"])
+    assert g["tied_names"] == {"wte.weight": ["lm_head.weight"]}
+    mup_init_(groups, zero_readout=True)
+    assert model.wte.weight.abs().sum() > 0
+    # A decay that tells the roles apart makes the choice matter again.
+    with pytest.raises(ValueError, match="tied="):
+        param_groups(model, preset, width_mult=4.0, decay={"readout": 0.0})
+
+
+def test_zero_readout_refuses_to_zero_a_tied_embedding() -> None:
+    model = GPT2Like(64, tied=True)
+    groups = param_groups(model, "mup", base_model=GPT2Like(16, tied=True), tied="readout")
+    with pytest.raises(ValueError, match=r"zero_readout=True would zero 'wte\.weight'.*lm_head"):
+        mup_init_(groups, zero_readout=True)
+    assert model.wte.weight.abs().sum() > 0
+    mup_init_(groups, zero_readout=False)  # the non-destructive init is fine
+
+
+def test_wrapped_models_are_unwrapped() -> None:
+    """torch.compile's `_orig_mod.`, DDP's / DataParallel's `module.`: same groups as unwrapped."""
+    torch.manual_seed(0)
+    model, base = LlamaLike(32), LlamaLike(8)
+    want = [
+        (g["role"], g["lr_mult"], g["param_names"])
+        for g in param_groups(model, "mup", base_model=base)
+    ]
+    compiled = torch.compile(model)  # an OptimizedModule; nothing is compiled until a call
+    inner = LlamaLike(32)
+    inner.layers[0] = torch.compile(inner.layers[0])  # `layers.0._orig_mod.q_proj.weight`
+    for wrapped in (compiled, nn.DataParallel(model), torch.compile(nn.DataParallel(model)), inner):
+        got = param_groups(wrapped, "mup", base_model=torch.compile(base))
+        assert [(g["role"], g["lr_mult"], g["param_names"]) for g in got] == want
+    assert fused_mup.presets.unwrap_model(torch.compile(nn.DataParallel(model))) is model
+
+
+class HFConv1D(nn.Module):
+    """transformers.pytorch_utils.Conv1D: weight stored (in_features, out_features)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+
+class GPT2Conv(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, d)
+        self.c_attn = HFConv1D(3 * d, d)
+        self.c_fc = HFConv1D(4 * d, d)
+        self.c_proj = HFConv1D(d, 4 * d)
+        self.lm_head = nn.Linear(d, VOCAB, bias=False)
+
+
+HFConv1D.__name__ = "Conv1D"
+
+
+def test_conv1d_with_width_mult_and_base_model_agree() -> None:
+    by_mult = param_groups(GPT2Conv(64), "mup", width_mult=4.0)
+    by_base = param_groups(GPT2Conv(64), "mup", base_model=GPT2Conv(16))
+    summary = lambda gs: {n: (g["role"], g["width_mult"]) for g in gs for n in g["param_names"]}  # noqa: E731
+    assert summary(by_mult) == summary(by_base)
+    assert summary(by_mult)["c_fc.weight"] == ("hidden", 4.0)
+    assert summary(by_mult)["c_proj.weight"] == ("hidden", 4.0)
 
 
 @pytest.mark.parametrize("policy", ["embedding", "readout"])
@@ -404,6 +485,13 @@ def test_bake_independent_decay_with_scheduler() -> None:
             torch.testing.assert_close(p.detach(), torch.full_like(p, x), rtol=1e-5, atol=1e-6)
 
 
+def test_bake_needs_lr_and_weight_decay() -> None:
+    with pytest.raises(ValueError, match="pass both"):
+        param_groups(mlp(8), "sp", lr=1e-3, bake=True)
+    with pytest.raises(ValueError, match="pass both"):
+        param_groups(mlp(8), "sp", weight_decay=0.1, bake=True)
+
+
 def test_bake_independent_lr_zero_raises() -> None:
     with pytest.raises(ValueError, match="lr=0"):
         param_groups(
@@ -510,7 +598,7 @@ def test_mup_matches_real_muadamw(width: int, with_delta: bool) -> None:
 def test_no_tensor_attributes() -> None:
     model = GPT2Like(32)
     before = [set(vars(p)) for p in model.parameters()]
-    param_groups(model, "mup", base_model=GPT2Like(8), bake=True)
+    param_groups(model, "mup", base_model=GPT2Like(8), lr=1e-3, weight_decay=0.0, bake=True)
     assert [set(vars(p)) for p in model.parameters()] == before
 
 
@@ -626,3 +714,61 @@ def test_width_equal_to_vocab_still_finds_the_head_by_type():
     roles = {k: v.role for k, v in fused_mup.param_roles(ByteLM(), width_mult=4.0).items()}
     assert roles["head.weight"] == "readout"
     assert roles["q.weight"] == roles["down.weight"] == "hidden"
+
+
+# --------------------------------------------------------------------------------------------
+# The optimizer's defaults apply to keys param_groups was not given (issue 10, item 5)
+# --------------------------------------------------------------------------------------------
+
+
+def test_optimizer_lr_and_weight_decay_reach_groups() -> None:
+    """The torch habit `AdamW(param_groups(model, "sp"), lr=3e-3, weight_decay=0.1)` trains at
+    lr 3e-3 with decay 0.1 (vectors undecayed, the preset's documented default), step for step
+    as torch.optim.AdamW given the same two groups by hand."""
+    torch.manual_seed(0)
+    model, twin = mlp(16), mlp(16)
+    twin.load_state_dict(model.state_dict())
+    groups = param_groups(model, "sp")
+    assert all("lr" not in g and "weight_decay" not in g for g in groups)
+    opt = fused_mup.AdamW(groups, lr=3e-3, weight_decay=0.1)
+    assert {(g["lr"], g["weight_decay"]) for g in opt.param_groups} == {(3e-3, 0.1)}
+    matrices = [p for p in twin.parameters() if p.ndim == 2]
+    vectors = [p for p in twin.parameters() if p.ndim < 2]
+    ref = torch.optim.AdamW(
+        [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}], lr=3e-3, weight_decay=0.1
+    )
+    w0 = model[0].weight.detach().clone()
+    for _ in range(3):
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            a.grad = torch.full_like(a, 0.5)
+            b.grad = torch.full_like(b, 0.5)
+        opt.step()
+        ref.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # A constant grad moves a weight by lr per step (up to eps); decay shrinks it by lr * wd.
+    want = w0
+    for _ in range(3):
+        want = want * (1 - 3e-3 * 0.1) - 3e-3
+    torch.testing.assert_close(model[0].weight.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_defaults_when_nothing_passed() -> None:
+    """No lr / weight_decay anywhere: torch's own defaults (1e-3, 0.01), not ours."""
+    opt = torch.optim.AdamW(param_groups(mlp(8), "sp"))
+    assert {(g["lr"], g["weight_decay"]) for g in opt.param_groups} == {(1e-3, 1e-2)}
+    fopt = fused_mup.AdamW(param_groups(mlp(8), "sp"))
+    assert {(g["lr"], g["weight_decay"]) for g in fopt.param_groups} == {(1e-3, 1e-2)}
+
+
+def test_explicit_group_values_win_over_optimizer_defaults() -> None:
+    opt = torch.optim.AdamW(param_groups(mlp(8), "sp", lr=1e-2, weight_decay=0.0), lr=3e-3)
+    assert {(g["lr"], g["weight_decay"]) for g in opt.param_groups} == {(1e-2, 0.0)}
+
+
+def test_mup_groups_inherit_lr_and_keep_multipliers() -> None:
+    """mup with the optimizer's lr: effective lr is still lr * lr_mult per role."""
+    model = mlp(64)
+    opt = torch.optim.AdamW(param_groups(model, "mup", base_model=mlp(16)), lr=4e-3)
+    eff = {g["role"]: g["lr"] * g["lr_mult"] for g in opt.param_groups}
+    assert eff["hidden"] == 1e-3 and eff["embedding"] == 4e-3

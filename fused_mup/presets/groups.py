@@ -1,0 +1,202 @@
+"""Width-aware param groups: :func:`param_groups` (one group per role and width multiplier,
+carrying ``lr_mult`` / ``wd_mult``) and ``bake=True`` for any torch optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from fused_mup.presets.roles import ROLES, TieError, named_params, param_roles, unwrap_model
+
+__all__ = ["DEFAULT_DECAY", "PRESETS", "param_groups"]
+
+#: LR multiplier per role as an exponent of the width multiplier m: lr_mult = m ** e.
+PRESETS: dict[str, dict[str, float]] = {
+    "sp": {"embedding": 0.0, "hidden": 0.0, "readout": 0.0, "vector": 0.0},
+    # Full μP: the readout's 1/m lives in the forward (scale_readout_ / MuReadout).
+    "mup": {"embedding": 0.0, "hidden": -1.0, "readout": 0.0, "vector": 0.0},
+    # LR-only μP: no model change, so the readout's 1/m moves into its LR.
+    "mup_lr": {"embedding": 0.0, "hidden": -1.0, "readout": -1.0, "vector": 0.0},
+    "sp_emb": {"embedding": 1.0, "hidden": 0.0, "readout": 0.0, "vector": 0.0},
+    "sp_emb_sqrt": {"embedding": 0.5, "hidden": 0.0, "readout": 0.0, "vector": 0.0},
+}
+
+#: Decay factor per role before width scaling (wd_mult = DECAY[role] * width part).
+#: Vectors (biases, norm gains) are not decayed; embeddings are, like every other matrix.
+DEFAULT_DECAY: dict[str, float] = {"embedding": 1.0, "hidden": 1.0, "readout": 1.0, "vector": 0.0}
+
+_WD_MODES = ("coupled", "independent")
+
+
+def _pow(m: float, e: float) -> float:
+    # m ** -1 written as 1 / m so that bake reproduces MuAdamW's lr / m bit for bit.
+    if e == 0:
+        return 1.0
+    return 1.0 / (m ** (-e)) if e < 0 else m**e
+
+
+def _exponents(preset: str | Mapping[str, float]) -> tuple[str, dict[str, float]]:
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}")
+        return preset, dict(PRESETS[preset])
+    table = {k: float(v) for k, v in preset.items()}
+    if set(table) != set(ROLES):
+        raise ValueError(f"a custom exponent table needs exactly the roles {ROLES}, got {table}")
+    return "custom", table
+
+
+def param_groups(
+    model: nn.Module,
+    preset: str | Mapping[str, float] = "mup",
+    *,
+    base_model: nn.Module | None = None,
+    delta_model: nn.Module | None = None,
+    width_mult: float | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    weight_decay_mode: str = "coupled",
+    decay: Mapping[str, float] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    tied: str | None = None,
+    bake: bool = False,
+    **group_options: Any,
+) -> list[dict[str, Any]]:
+    """Build width-aware param groups for :class:`fused_mup.AdamW`.
+
+    Each parameter gets a role and width multiplier ``m`` (see :func:`param_roles`); one group
+    is made per ``(role, m)`` with::
+
+        lr_mult = m ** e[role]                        # e from the preset
+        wd_mult = decay[role] * m ** -e[role]         # weight_decay_mode="coupled"
+        wd_mult = decay[role]                         # weight_decay_mode="independent"
+
+    Coupled decay shrinks by ``lr·lr_mult · wd·wd_mult = lr·wd·decay[role]`` per step, the same
+    at every width (MuAdamW's ``weight_decay *= m`` for hidden weights). Independent decay
+    shrinks by ``s_t · wd · wd_mult`` with ``s_t = lr_t / peak_lr``, also width-free.
+
+    Args:
+        model: the model (DTensor params fine: global shapes are read).
+        preset: ``"sp"``, ``"mup"``, ``"mup_lr"``, ``"sp_emb"``, ``"sp_emb_sqrt"``, or a custom
+            ``{role: exponent}`` table covering all of :data:`ROLES`.
+        base_model: smaller instance of the same architecture (see :func:`param_roles`).
+        delta_model: optional second reference instance, as in mup's ``set_base_shapes``.
+        width_mult: scalar ``m`` instead of ``base_model``.
+        lr: base (peak) learning rate, stored as each group's ``lr``. Left out of the groups
+            when not given, so the optimizer's ``lr=`` (or its default) applies, as in torch.
+        weight_decay: base weight decay, stored as each group's ``weight_decay``; likewise
+            inherited from the optimizer when not given.
+        weight_decay_mode: ``"coupled"`` (torch's rule) or ``"independent"``.
+        decay: per-role decay factors merged over :data:`DEFAULT_DECAY` (e.g.
+            ``{"vector": 1.0}`` decays everything, as MuAdamW does).
+        overrides: ``{glob pattern: role}`` on parameter names.
+        tied: role for a tied embedding/readout tensor (``"embedding"`` or ``"readout"``).
+            Needed only where the preset treats the two roles differently (``mup_lr``,
+            ``sp_emb``, ``sp_emb_sqrt``, or a ``decay`` that differs); otherwise a tie is an
+            ``"embedding"``, as microsoft/mup's ``MuSharedReadout`` treats it.
+        bake: fold the multipliers into plain ``lr`` / ``weight_decay`` (``lr_mult`` and
+            ``wd_mult`` become 1, mode ``"coupled"``) so any torch optimizer runs them. For
+            independent decay the baked ``weight_decay`` is ``wd_eff / lr_eff``, which is exact
+            under torch LR schedulers too (they scale ``lr`` by ``s_t``).
+        **group_options: extra keys copied into every group (e.g. ``betas``).
+
+    Returns:
+        A list of group dicts with ``params``, ``param_names``, ``lr`` and ``weight_decay``
+        (only when passed), ``lr_mult``, ``wd_mult``, ``weight_decay_mode``, ``role``,
+        ``width_mult``, ``preset``.
+
+    Raises:
+        ValueError: see :func:`param_roles`; also a non-``sp`` preset without ``base_model`` or
+            ``width_mult``, an unknown preset / mode / decay role, ``bake=True`` without
+            ``lr`` and ``weight_decay`` (the values it folds the multipliers into).
+    """
+    name, exps = _exponents(preset)
+    if weight_decay_mode not in _WD_MODES:
+        raise ValueError(f"weight_decay_mode must be one of {_WD_MODES}, got {weight_decay_mode!r}")
+    if base_model is None and width_mult is None and any(exps.values()):
+        raise ValueError(f"preset {name!r} scales with width: pass base_model= or width_mult=")
+    bad = set(decay or {}) - set(ROLES)
+    if bad:
+        raise ValueError(f"decay has unknown roles {sorted(bad)}; roles are {ROLES}")
+    dec = {**DEFAULT_DECAY, **(decay or {})}
+    if bake and (lr is None or weight_decay is None):
+        raise ValueError(
+            "bake=True folds the multipliers into lr and weight_decay, so pass both "
+            "(e.g. param_groups(model, preset, lr=3e-3, weight_decay=0.1, bake=True))"
+        )
+    # Only what the caller set: unset keys inherit the optimizer's defaults, as in torch.
+    base_hp = {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
+
+    same = exps["embedding"] == exps["readout"] and dec["embedding"] == dec["readout"]
+    try:
+        infos = param_roles(
+            model,
+            base_model=base_model,
+            delta_model=delta_model,
+            width_mult=width_mult,
+            overrides=overrides,
+            # Where both roles get the same numbers, a tie is the embedding: mup's
+            # MuSharedReadout convention, and mup_init_ then never zeroes it.
+            tied=tied or ("embedding" if same else None),
+        )
+    except TieError as exc:
+        m_e, m_r = exps["embedding"], exps["readout"]
+        raise ValueError(
+            f"{exc} Under preset {name!r} the role changes the numbers (lr_mult m^{m_e:g} as "
+            f"embedding, m^{m_r:g} as readout; decay {dec['embedding']:g} vs "
+            f"{dec['readout']:g}). For μP use preset 'mup' with tied='embedding' and "
+            "scale_readout_(head, 1/m) (mup's MuSharedReadout); see docs/presets.md."
+        ) from None
+    params = dict(named_params(unwrap_model(model)))
+    groups: dict[tuple[str, float], dict[str, Any]] = {}
+    for n, info in infos.items():
+        key = (info.role, info.width_mult)
+        if key not in groups:
+            e = exps[info.role]
+            lr_mult = _pow(info.width_mult, e)
+            width_wd = _pow(info.width_mult, -e) if weight_decay_mode == "coupled" else 1.0
+            groups[key] = {
+                **group_options,
+                "params": [],
+                "param_names": [],
+                **base_hp,
+                "lr_mult": lr_mult,
+                "wd_mult": dec[info.role] * width_wd,
+                "weight_decay_mode": weight_decay_mode,
+                "role": info.role,
+                "width_mult": info.width_mult,
+                "preset": name,
+            }
+        groups[key]["params"].append(params[n])
+        groups[key]["param_names"].append(n)
+        if len(info.names) > 1:  # a tied tensor: mup_init_ must know what else it is
+            groups[key].setdefault("tied_names", {})[n] = list(info.names[1:])
+    out = list(groups.values())
+    if bake:
+        out = [_bake(g, exps[g["role"]], dec[g["role"]]) for g in out]
+    return out
+
+
+def _bake(g: dict[str, Any], e: float, d: float) -> dict[str, Any]:
+    m, lr, wd = g["width_mult"], g["lr"], g["weight_decay"]
+    # Divide when e < 0 so baked mup equals MuAdamW's lr / m and wd * m bit for bit.
+    lr_eff = lr / m ** (-e) if e < 0 else lr * m**e
+    if g["weight_decay_mode"] == "coupled":
+        wd_eff = (wd * m ** (-e) if e < 0 else wd / m**e) * d
+    else:
+        wd_eff = wd * d
+        if wd_eff != 0.0:
+            if lr_eff == 0.0:
+                raise ValueError(f"cannot bake independent decay with lr=0 ({g['param_names']})")
+            wd_eff /= lr_eff  # torch decays by lr_t * wd = s_t * lr_eff * wd = s_t * wd_eff
+    return {
+        **g,
+        "lr": lr_eff,
+        "weight_decay": wd_eff,
+        "lr_mult": 1.0,
+        "wd_mult": 1.0,
+        "weight_decay_mode": "coupled",
+        "baked": True,
+    }
