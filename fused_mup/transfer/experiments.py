@@ -94,7 +94,7 @@ def run_weight_decay(
     recs: list[dict[str, Any]] = []
     for arm, s in arms.items():
         recs += run_sweep(s, out / arm, jobs=jobs, progress=progress)
-        make_report(out / arm, s, n_boot=n_boot, plots=plots)
+        make_report(out / arm, s, n_boot=n_boot, plots=plots, progress=progress)
     table = SweepTable.from_records(
         recs, label=lambda k: k["preset"] + ("|wd" if k["weight_decay"] > 0 else "")
     )
@@ -104,7 +104,7 @@ def run_weight_decay(
         return weight_decay_stats(t, presets, idx)
 
     stats = stat(table, None)
-    ci = bootstrap(table, stat, n_boot=n_boot) if n_boot > 0 else None
+    ci = bootstrap(table, stat, n_boot=n_boot, progress=progress) if n_boot > 0 else None
     verdict = weight_decay_verdict(presets, stats, ci)
     rows = []
     for i, p in enumerate(presets):

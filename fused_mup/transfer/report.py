@@ -107,12 +107,12 @@ def _per_width(
 
 
 def claim_sections(
-    sweep: SweepTable, n_boot: int
+    sweep: SweepTable, n_boot: int, progress: bool = False
 ) -> tuple[list[str], dict[str, Any], dict[str, np.ndarray]]:
     """The report's first sections (verdicts, gap closed, L*, stability, compute), their
     ``metrics.json`` entries, and the point statistics."""
     stats = claim_stats(sweep)
-    ci = bootstrap(sweep, claim_stats, n_boot=n_boot) if n_boot > 0 else None
+    ci = bootstrap(sweep, claim_stats, n_boot=n_boot, progress=progress) if n_boot > 0 else None
     verdicts = headline_verdicts(sweep, stats, ci)
     W, names = sweep.widths, sweep.presets
     head = "| preset | " + " | ".join(f"d={int(w)}" for w in W) + " |"
@@ -264,11 +264,12 @@ def write_report(
     n_boot: int = 200,
     plots: bool = True,
     timing: list[dict[str, Any]] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Compute metrics (+ bootstrap), write ``metrics.json``, ``report.md`` and figures."""
     sweep = SweepTable.from_records(recs)
     metrics = compute_metrics(sweep)
-    ci = bootstrap_metrics(sweep, n_boot=n_boot) if n_boot > 0 else None
+    ci = bootstrap_metrics(sweep, n_boot=n_boot, progress=progress) if n_boot > 0 else None
     W = sweep.widths
     dmax = int(W[-1])
     lines = [f"# fused-mup transfer: {spec.name if spec else out.name}", ""]
@@ -288,7 +289,7 @@ def write_report(
             + (f"; 1-min load average seen: {min(loads):.1f}–{max(loads):.1f}." if loads else "."),
             "",
         ]
-    claim_lines, claim_js, stats = claim_sections(sweep, n_boot)
+    claim_lines, claim_js, stats = claim_sections(sweep, n_boot, progress)
     lines += claim_lines
     lines += ["## Setup", ""]
     lines += _setup_lines(recs, spec, sweep)
@@ -408,6 +409,7 @@ def make_report(
     spec: SweepSpec | None = None,
     n_boot: int = 200,
     plots: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Compute the metrics of a finished (or partial) sweep and write the report.
 
@@ -420,6 +422,7 @@ def make_report(
         spec: restrict to this spec's runs (default: ``out_dir/spec.json``, else all records).
         n_boot: bootstrap replicates (used when there are >= 2 seeds).
         plots: write the figures.
+        progress: show tqdm bars over the bootstrap replicates.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -433,4 +436,6 @@ def make_report(
         recs = [r for r in recs if r.get("id") in ids]
     if not recs:
         raise SystemExit(f"no results for this sweep in {out / RESULTS}")
-    return write_report(out, recs, spec, n_boot=n_boot, plots=plots, timing=load_timing(out))
+    return write_report(
+        out, recs, spec, n_boot=n_boot, plots=plots, timing=load_timing(out), progress=progress
+    )
