@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fused_mup.factory import OptimizerFactory, create_optimizer
-    from fused_mup.optim import AdamW
+    from fused_mup.optim import AdamW, to_torch_state_dict
     from fused_mup.presets import (
         OutputScale,
         attention_scale,
@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "param_groups": "fused_mup.presets",
     "param_roles": "fused_mup.presets",
     "scale_readout_": "fused_mup.presets",
+    "to_torch_state_dict": "fused_mup.optim",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "param_groups",
     "param_roles",
     "scale_readout_",
+    "to_torch_state_dict",
 ]
 
 

@@ -50,10 +50,11 @@ class AdamW(torch.optim.Optimizer):
                                        decay = (lr / peak_lr) * wd_eff         ("independent")
         Adam step with lr_eff, math in fp32, states in the param dtype (or ``state_dtype``)
 
-    ``weight_decay_mode`` is a third group key. ``peak_lr`` is the group's ``max_lr`` if a
-    OneCycleLR set one, else the ``initial_lr`` every torch LR scheduler records, else ``lr``
-    itself: without a scheduler the ratio is 1, so independent decay removes the fraction
-    ``wd_eff`` per step whatever the peak LR.
+    ``weight_decay_mode`` is a third group key (and a constructor default). ``peak_lr`` is the
+    running maximum of the group's lr, never below OneCycleLR's ``max_lr``, a scheduler's
+    ``initial_lr`` or a ``peak_lr`` group key the user set; it is kept in the group (and so in
+    checkpoints). lr never exceeds it, so independent decay never removes more than ``wd_eff``
+    per step, whatever changes lr; without a scheduler the ratio is 1.
 
     Args:
         params: iterable of tensors, of dicts (param groups), or of (name, tensor) pairs.
@@ -72,6 +73,7 @@ class AdamW(torch.optim.Optimizer):
             (compensation buffer in state["kahan_comp"]), "stochastic" (unbiased stochastic
             rounding from ``seed``), "master" (fp32 weights in state["master_param"]). Also a
             group key. fp16 params accept all but "stochastic"; fp32 params ignore it.
+        weight_decay_mode: "coupled" (torch's rule) or "independent"; also a group key.
         seed: seed of the stochastic-rounding RNG (counter-based: step and tensor index).
         kernel_config: tile sizes of the kernel (:class:`KernelConfig`).
     """
@@ -93,6 +95,7 @@ class AdamW(torch.optim.Optimizer):
         backend: str = "auto",
         state_dtype: torch.dtype | None = None,
         bf16_update: str = "round",
+        weight_decay_mode: str = "coupled",
         seed: int = 0,
         kernel_config: KernelConfig | None = None,
     ) -> None:
@@ -110,6 +113,7 @@ class AdamW(torch.optim.Optimizer):
             "decoupled_weight_decay": True,
             **EXTRA_GROUP_KEYS,
             "bf16_update": bf16_update,
+            "weight_decay_mode": weight_decay_mode,
         }
         # Before the params are read, as torch: a bad argument is reported as such.
         check_hyperparameters(defaults, where="")
@@ -156,6 +160,14 @@ class AdamW(torch.optim.Optimizer):
             check_hyperparameters(filled, where=f"param group {len(self.param_groups)}")
         super().add_param_group(param_group)
         self._planner.invalidate()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (defaults, state, param_groups) plus our constructor settings, so that
+        copy.deepcopy and pickle keep the backend, state dtype, seed and tile sizes."""
+        out = super().__getstate__()
+        for key in ("backend", "state_dtype", "seed", "kernel_config"):
+            out[key] = self.__dict__[key]
+        return out
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -5,6 +5,7 @@ The decay rule is written once, in :func:`decay`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -13,28 +14,58 @@ from torch import Tensor
 from fused_mup import launcher
 from fused_mup.kernels.tables import GroupCol
 
-__all__ = ["GroupTables", "decay", "group_scalars", "peak_lr"]
+__all__ = ["GroupTables", "decay", "group_scalars", "peak_lr", "to_torch_state_dict"]
 
 
-def peak_lr(group: dict[str, Any], lr: Any) -> Any:
-    """The LR that independent decay is relative to: OneCycleLR's ``max_lr`` (its
-    ``initial_lr`` is the warm-up start), else ``initial_lr`` (set by every torch scheduler),
-    else the current lr, so that without a scheduler the ratio is 1."""
-    return group.get("max_lr", group.get("initial_lr", lr))
+def _as_float(x: Any) -> float:
+    return float(x) if isinstance(x, Tensor) else float(x or 0.0)
+
+
+def peak_lr(group: dict[str, Any], lr: float) -> float:
+    """The LR that independent decay is relative to, kept in ``group["peak_lr"]``.
+
+    It is the running maximum of the group's lr, never below OneCycleLR's ``max_lr``, a
+    scheduler's ``initial_lr`` or a ``peak_lr`` the user set: lr never exceeds it, so decay never
+    exceeds ``wd_eff`` and the factor ``1 - decay`` stays in [0, 1] whatever changes lr
+    (CyclicLR, whose ``initial_lr`` is its minimum, ReduceLROnPlateau, a hand-written lr). It is
+    saved in checkpoints with the group, so a resumed run keeps it. Without a scheduler the
+    ratio is 1.
+    """
+    peak = max(
+        lr,
+        _as_float(group.get("peak_lr")),
+        _as_float(group.get("max_lr")),
+        _as_float(group.get("initial_lr")),
+    )
+    group["peak_lr"] = peak
+    return peak
 
 
 def decay(group: dict[str, Any], lr: float) -> float:
     """The fraction of each param that weight decay removes this step.
 
     coupled (torch's rule): ``lr * lr_mult * weight_decay * wd_mult``;
-    independent: ``(lr / peak_lr) * weight_decay * wd_mult``.
+    independent: ``(lr / peak_lr) * weight_decay * wd_mult`` (:func:`peak_lr`).
     """
     wd_eff = group["weight_decay"] * group["wd_mult"]
     if group["weight_decay_mode"] == "coupled":
         return lr * group["lr_mult"] * wd_eff
     peak = peak_lr(group, lr)
-    peak = float(peak) if isinstance(peak, Tensor) else peak
     return (lr / peak if peak else 0.0) * wd_eff
+
+
+def _device_peak(group: dict[str, Any], lr: Tensor) -> Tensor:
+    """:func:`peak_lr` for a device tensor lr: a device tensor updated in place, so that a CUDA
+    graph replays it (created on an eager step, where reading the floats is allowed)."""
+    peak = group.get("peak_lr")
+    if not isinstance(peak, Tensor) or peak.device != lr.device or peak.dtype != lr.dtype:
+        start = max(
+            _as_float(peak), _as_float(group.get("max_lr")), _as_float(group.get("initial_lr"))
+        )
+        peak = lr.detach().clamp(min=start)
+        group["peak_lr"] = peak
+    torch.maximum(peak, lr, out=peak)
+    return peak
 
 
 def group_scalars(param_groups: list[dict[str, Any]]) -> list[float]:
@@ -93,6 +124,10 @@ class GroupTables:
         rows, scaled = [], []
         for gi, group in enumerate(param_groups):
             lr, mult = group["lr"], group["lr_mult"]
+            if isinstance(lr, Tensor) and lr.device.type == "cpu" != device.type:
+                # A CPU tensor lr for device params (torch's optim_db "Tensor lr with
+                # capturable" inputs): read on the host, no sync; a graph bakes its value.
+                lr = float(lr)
             beta1, beta2 = group["betas"]
             tail = [float(beta1), float(beta2), float(group["eps"])]
             if not isinstance(lr, Tensor):
@@ -104,16 +139,12 @@ class GroupTables:
                     f"{device}; put the lr tensor on the params' device."
                 )
             wd_eff = group["weight_decay"] * group["wd_mult"]
-            peak = peak_lr(group, lr)
             if group["weight_decay_mode"] == "coupled":
                 rows.append([mult, mult * wd_eff, *tail])
                 scaled.append((gi, lr, None))
-            elif isinstance(peak, Tensor):  # lr * (wd_eff / peak), divided on the device
+            else:  # lr * (wd_eff / peak), divided on the device
                 rows.append([mult, wd_eff, *tail])
-                scaled.append((gi, lr, peak))
-            else:  # a float peak folds into the static row
-                rows.append([mult, wd_eff / peak if peak else 0.0, *tail])
-                scaled.append((gi, lr, None))
+                scaled.append((gi, lr, _device_peak(group, lr)))
         values = [v for row in rows for v in row]
         if values != self.values or device not in self.tables:
             if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -129,5 +160,50 @@ class GroupTables:
                 table[gi, GroupCol.LR : GroupCol.DECAY + 1] *= lr64
             else:
                 table[gi, GroupCol.LR] *= lr64
-                table[gi, GroupCol.DECAY] *= lr64 / peak.to(device=device, dtype=torch.float64)
+                peak64 = peak.to(device=device, dtype=torch.float64)
+                table[gi, GroupCol.DECAY] *= lr64 / peak64.clamp_min(1e-300)  # lr 0: no decay
         return table
+
+
+# Group keys that hold an lr, as schedulers record them: scaled with lr when baking lr_mult.
+_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+
+
+def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a ``fused_mup.AdamW`` state dict that ``torch.optim.AdamW`` runs as we do.
+
+    torch ignores group keys it does not know, so a checkpoint with ``lr_mult`` / ``wd_mult``
+    loaded as it is would run at the unmultiplied lr and decay, silently. This bakes them in:
+    each group's ``lr`` (and the ``initial_lr`` / ``max_lr`` / ``min_lr`` that schedulers keep in
+    the group) is multiplied by ``lr_mult``, and ``weight_decay`` becomes the value whose torch
+    decay ``lr * weight_decay`` is ours at every later lr: ``weight_decay * wd_mult`` for coupled
+    decay, ``weight_decay * wd_mult / (peak_lr * lr_mult)`` for independent decay. The result says
+    ``lr_mult = wd_mult = 1`` and ``"coupled"``, so loading it back into fused_mup does not apply
+    the multipliers twice.
+
+    An LR scheduler's own state dict (its ``base_lrs``) is not part of this: create the scheduler
+    anew on the torch optimizer, or multiply its ``base_lrs`` by each group's ``lr_mult``.
+    """
+    out = copy.deepcopy(state_dict)
+    for group in out["param_groups"]:
+        lr = group["lr"]
+        lr = float(lr) if isinstance(lr, Tensor) else lr
+        lr_mult, wd_eff = (
+            group.get("lr_mult", 1.0),
+            group["weight_decay"] * group.get("wd_mult", 1.0),
+        )
+        if group.get("weight_decay_mode", "coupled") == "independent":
+            peak = max(
+                lr,
+                _as_float(group.get("peak_lr")),
+                _as_float(group.get("max_lr")),
+                _as_float(group.get("initial_lr")),
+            )
+            group["weight_decay"] = wd_eff / (peak * lr_mult) if peak * lr_mult else 0.0
+        else:
+            group["weight_decay"] = wd_eff
+        for key in _LR_KEYS:
+            if key in group:
+                group[key] = group[key] * lr_mult
+        group.update(lr_mult=1.0, wd_mult=1.0, weight_decay_mode="coupled", peak_lr=None)
+    return out

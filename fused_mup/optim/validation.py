@@ -27,6 +27,7 @@ EXTRA_GROUP_KEYS = {
     "wd_mult": 1.0,
     "weight_decay_mode": "coupled",
     "bf16_update": "round",
+    "peak_lr": None,  # independent decay's reference LR; tracked as the running max of lr
 }
 
 
@@ -73,6 +74,15 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             f"Invalid weight_decay_mode: {group['weight_decay_mode']!r}{suffix}; "
             f"expected one of {WEIGHT_DECAY_MODES}"
         )
+    if group["weight_decay_mode"] == "independent" and weight_decay * group["wd_mult"] > 1.0:
+        raise ValueError(
+            f"Invalid independent weight decay: weight_decay * wd_mult = "
+            f"{weight_decay * group['wd_mult']}{suffix}; it is the fraction of each weight removed "
+            "per step at the peak LR, so it must be at most 1."
+        )
+    peak = group.get("peak_lr")
+    if peak is not None and not 0.0 <= peak:
+        raise ValueError(f"Invalid peak_lr value: {peak}{suffix}")
     if not group.get("decoupled_weight_decay", True):
         raise ValueError(
             f"decoupled_weight_decay=False{suffix}: fused_mup.AdamW applies decoupled (AdamW) "
