@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from fused_mup.transfer.metrics import SweepTable, compute_metrics, find_optimum, loss_at
+from fused_mup.transfer.metrics import (
+    SweepTable,
+    compute_metrics,
+    find_optimum,
+    loss_at,
+    replicates,
+)
 
 __all__ = [
     "MOST",
@@ -107,6 +113,7 @@ def bootstrap(
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    progress: bool = False,
 ) -> dict[str, np.ndarray] | None:
     """Percentile intervals of every array ``stat`` returns: ``{key: array[..., 2]}``.
 
@@ -118,7 +125,7 @@ def bootstrap(
         return None
     rng = np.random.default_rng(seed)
     draws: dict[str, list[np.ndarray]] = {}
-    for _ in range(n_boot):
+    for _ in replicates(n_boot, "bootstrap: claims", progress):
         for k, v in stat(table, rng.integers(0, S, S)).items():
             draws.setdefault(k, []).append(np.asarray(v, float))
     out = {}

@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = None
         if any(getattr(a, k) is not None for k in ("widths", "lrs", "presets", "seeds")):
             spec = spec_from_args(a, parser)
-        make_report(out, spec, n_boot=a.bootstrap, plots=not a.no_plots)
+        make_report(out, spec, a.bootstrap, not a.no_plots, progress=not a.no_progress)
         print((out / "report.md").read_text(), end="")
         return 0
     spec = spec_from_args(a, parser).resolved()
@@ -244,6 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print((out / "vocab.md").read_text(), end="")
     else:
         run_sweep(spec, out, jobs=a.jobs, progress=progress)
-        make_report(out, spec, n_boot=a.bootstrap, plots=not a.no_plots)
+        make_report(out, spec, a.bootstrap, not a.no_plots, progress=progress)
         print((out / "report.md").read_text(), end="")
     return 0

@@ -8,7 +8,9 @@ training split of the same corpus, so no validation text shapes the vocabulary.
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,27 @@ def _bpe(train: list[bytes], val: list[bytes], vocab: int) -> tuple[np.ndarray, 
     return encode(train), encode(val), tok.get_vocab_size()
 
 
+def _bpe_cached(
+    train: list[bytes], val: list[bytes], vocab: int, raw: bytes
+) -> tuple[np.ndarray, np.ndarray, int]:
+    # Training a BPE model takes seconds to minutes; the sweep's worker processes would each
+    # repeat it, so the token streams are cached on disk, keyed by the text and the size.
+    name = hashlib.sha256(raw + f"|bpe-{vocab}".encode()).hexdigest()[:20]
+    path = Path(tempfile.gettempdir()) / "fused_mup_corpus" / f"{name}.npz"
+    if path.exists():
+        try:
+            z = np.load(path)
+            return z["train"], z["val"], int(z["vocab"])
+        except (OSError, ValueError, KeyError):
+            pass  # a torn or foreign file: rebuild it
+    tr, va, n = _bpe(train, val, vocab)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, train=tr, val=va, vocab=n)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the whole new file
+    return tr, va, n
+
+
 def load_corpus(
     text: str | Path | None = None, max_bytes: int = 4_000_000, tokenizer: str = BYTES
 ) -> Corpus:
@@ -143,7 +166,7 @@ def load_corpus(
         val = torch.frombuffer(bytearray(val_b), dtype=torch.uint8)
         vocab, digest = 256, train_b + b"\0|\0" + val_b
     else:
-        tr, va, vocab = _bpe(train_parts, val_parts, vocab_req)
+        tr, va, vocab = _bpe_cached(train_parts, val_parts, vocab_req, train_b + b"\0|\0" + val_b)
         train, val = torch.from_numpy(tr), torch.from_numpy(va)
         digest = tokenizer.encode() + tr.tobytes() + b"\0|\0" + va.tobytes()
         source += f", {tokenizer} ({vocab} tokens, {len(train_b) / len(tr):.2f} bytes/token)"

@@ -53,7 +53,7 @@ def weight_decay_spec(quick: bool = True, **kw: Any) -> SweepSpec:
         base.update(
             widths=(16, 32, 64),
             base_width=16,
-            lrs=pow2(-9, -5),
+            lrs=pow2(-8, -3),
             seeds=(0, 1),
             depth=2,
             heads=2,
@@ -63,6 +63,8 @@ def weight_decay_spec(quick: bool = True, **kw: Any) -> SweepSpec:
             max_bytes=2_000_000,
             device="cpu",
         )
+    else:  # one GPU: ~7e16 FLOPs, see docs/transfer.md "Sizing"
+        base.update(widths=(128, 256, 512), base_width=128, lrs=pow2(-12, -6), seeds=(0, 1))
     base.update(kw)
     return SweepSpec(**base)
 
@@ -92,7 +94,7 @@ def run_weight_decay(
     recs: list[dict[str, Any]] = []
     for arm, s in arms.items():
         recs += run_sweep(s, out / arm, jobs=jobs, progress=progress)
-        make_report(out / arm, s, n_boot=n_boot, plots=plots)
+        make_report(out / arm, s, n_boot=n_boot, plots=plots, progress=progress)
     table = SweepTable.from_records(
         recs, label=lambda k: k["preset"] + ("|wd" if k["weight_decay"] > 0 else "")
     )
@@ -102,7 +104,7 @@ def run_weight_decay(
         return weight_decay_stats(t, presets, idx)
 
     stats = stat(table, None)
-    ci = bootstrap(table, stat, n_boot=n_boot) if n_boot > 0 else None
+    ci = bootstrap(table, stat, n_boot=n_boot, progress=progress) if n_boot > 0 else None
     verdict = weight_decay_verdict(presets, stats, ci)
     rows = []
     for i, p in enumerate(presets):
@@ -200,7 +202,7 @@ def vocab_spec(quick: bool = True, **kw: Any) -> SweepSpec:
     base: dict[str, Any] = dict(presets=("sp_emb", "sp_emb_sqrt"), name="vocab")
     if quick:
         base.update(
-            widths=(64, 128),
+            widths=(128,),
             base_width=16,
             lrs=pow2(-9, -5),
             seeds=(0,),
@@ -278,6 +280,8 @@ def run_vocab(
 
 def _vocab_md(out: Path, spec: SweepSpec, rows: list[dict[str, Any]], cross: float | None) -> None:
     seeds = len(spec.seeds)
+    ref = "mup_lr" in spec.presets
+    top = max(r["vocab_per_width"] for r in rows)
     lines = [
         "# fused-mup transfer --experiment vocab",
         "",
@@ -288,17 +292,16 @@ def _vocab_md(out: Path, spec: SweepSpec, rows: list[dict[str, Any]], cross: flo
         f"{len(spec.lrs)} LRs, {seeds} seed{'s' if seeds > 1 else ''}. L* in nats/token "
         "(compare within a row; the tokenizers differ in bytes per token).",
         "",
-        "**√m overtakes m at vocab/width ≥ "
-        + (f"{cross:g}**." if cross is not None else "— not at these sizes**.")
-        + (
-            " (One seed: no intervals; read differences below ~0.01 nats as noise.)"
-            if seeds == 1
-            else ""
-        ),
+        (
+            f"**√m overtakes m at vocab/width ≥ {cross:g}**."
+            if cross is not None
+            else f"**√m does not overtake m at these sizes** (vocab/width up to {top:g})."
+        )
+        + (" One seed: no intervals." if seeds == 1 else ""),
         "",
         "| tokenizer | vocab | d | vocab/d | bytes/token | L* sp_emb (×m) | "
-        "L* sp_emb_sqrt (×√m) | √m − m | L* mup_lr |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "L* sp_emb_sqrt (×√m) | √m − m |" + (" L* mup_lr |" if ref else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if ref else ""),
     ]
     for r in sorted(rows, key=lambda r: r["vocab_per_width"]):
         f = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
@@ -306,7 +309,7 @@ def _vocab_md(out: Path, spec: SweepSpec, rows: list[dict[str, Any]], cross: flo
             f"| {r['tokenizer']} | {r['vocab']} | {r['width']} | {r['vocab_per_width']:g} | "
             f"{r['bytes_per_token']:.2f} | {f(r.get('L_sp_emb'))} | {f(r.get('L_sp_emb_sqrt'))} | "
             + ("–" if r["sqrt_minus_m"] is None else f"{r['sqrt_minus_m']:+.4f}")
-            + f" | {f(r.get('L_mup_lr'))} |"
+            + (f" | {f(r.get('L_mup_lr'))} |" if ref else " |")
         )
     lines += ["", "![sqrt(m) minus m against vocab/width](vocab.png)", ""]
     (out / "vocab.md").write_text("\n".join(lines) + "\n")

@@ -26,6 +26,7 @@ __all__ = [
     "find_optimum",
     "loss_at",
     "preset_metrics",
+    "replicates",
 ]
 
 DELTA_MAX = math.log(4.0)  # half-width of the window used for the quadratic-curvature fit
@@ -403,8 +404,23 @@ def compute_metrics(
 SCALARS = ("b", "E", "extrap_err", "kappa", "extrap_penalty", "R_inf", "R_inf_fitlr")
 
 
+def replicates(n_boot: int, desc: str, progress: bool) -> Iterable[int]:
+    """``range(n_boot)``, with a tqdm bar when ``progress`` and tqdm is installed."""
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return range(n_boot)
+        return tqdm(range(n_boot), desc=desc, unit="replicate", leave=False)
+    return range(n_boot)
+
+
 def bootstrap_metrics(
-    sweep: SweepTable, n_boot: int = 200, seed: int = 0, level: float = 0.95
+    sweep: SweepTable,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    progress: bool = False,
 ) -> dict[str, dict[str, tuple[float, float] | None]] | None:
     """Percentile bootstrap intervals over seeds for the scalar metrics and log eta*(d).
 
@@ -416,7 +432,7 @@ def bootstrap_metrics(
         return None
     rng = np.random.default_rng(seed)
     draws: dict[str, dict[str, list[float]]] = {p: {} for p in sweep.presets}
-    for _ in range(n_boot):
+    for _ in replicates(n_boot, "bootstrap: metrics", progress):
         idx = rng.integers(0, S, S)
         for p, m in compute_metrics(sweep, idx).items():
             for k in SCALARS:

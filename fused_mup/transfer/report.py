@@ -107,12 +107,12 @@ def _per_width(
 
 
 def claim_sections(
-    sweep: SweepTable, n_boot: int
+    sweep: SweepTable, n_boot: int, progress: bool = False
 ) -> tuple[list[str], dict[str, Any], dict[str, np.ndarray]]:
     """The report's first sections (verdicts, gap closed, L*, stability, compute), their
     ``metrics.json`` entries, and the point statistics."""
     stats = claim_stats(sweep)
-    ci = bootstrap(sweep, claim_stats, n_boot=n_boot) if n_boot > 0 else None
+    ci = bootstrap(sweep, claim_stats, n_boot=n_boot, progress=progress) if n_boot > 0 else None
     verdicts = headline_verdicts(sweep, stats, ci)
     W, names = sweep.widths, sweep.presets
     head = "| preset | " + " | ".join(f"d={int(w)}" for w in W) + " |"
@@ -120,7 +120,10 @@ def claim_sections(
     seeds = f"{len(sweep.seeds)} seeds, 95% bootstrap intervals" if ci else "1 seed, no intervals"
     lines = ["## Verdicts", ""]
     for v in verdicts:
-        lines.append(f"- **{v['verdict']}**: {v['claim']} (rule {v['rule']}, docs/transfer.md)")
+        lines.append(
+            f"- **{v['verdict']}**: {v['claim']} (rule {v['rule']}, docs/transfer.md): "
+            + _evidence(v)
+        )
     if not verdicts:
         lines.append("- (needs the presets sp, sp_emb and mup_lr)")
     lines += ["", f"## Share of SP's loss gap closed ({seeds})", ""]
@@ -216,6 +219,35 @@ def claim_sections(
     return lines, js, stats
 
 
+def _evidence(v: dict[str, Any]) -> str:
+    e = v["evidence"]
+
+    def iv(key: str, nd: int) -> str:
+        lo, hi = e[key]
+        return "[–]" if lo is None or hi is None else f"[{lo:.{nd}f}, {hi:.{nd}f}]"
+
+    if v["rule"] == "H":
+        g = e["gap_closed"]
+        return (
+            f"at d={e['width']} sp_emb closes "
+            + ("–" if g is None else f"{g:.2f}")
+            + f" {iv('gap_closed_ci95', 2)} of the gap L*_sp − L*_mup_lr = "
+            + ("–" if e["gap_sp_minus_mup_lr"] is None else f"{e['gap_sp_minus_mup_lr']:.4f}")
+            + f" {iv('gap_ci95', 4)}."
+        )
+    a, b, d = e["instability_sp"], e["instability_sp_emb"], e["difference"]
+    if None in (a, b, d):
+        return "no instability values."
+    return (
+        f"at d={e['width']} instability {a:.4f} (sp) → {b:.4f} (sp_emb), difference "
+        f"{d:+.4f} {iv('difference_ci95', 4)}" + (f" ({d / a:+.0%})." if a > 0 else ".")
+    )
+
+
+def _share(x: float) -> str:
+    return f"{x:.2f}" if math.isfinite(x) else "–"
+
+
 def _ratio(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}×"
 
@@ -232,11 +264,12 @@ def write_report(
     n_boot: int = 200,
     plots: bool = True,
     timing: list[dict[str, Any]] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Compute metrics (+ bootstrap), write ``metrics.json``, ``report.md`` and figures."""
     sweep = SweepTable.from_records(recs)
     metrics = compute_metrics(sweep)
-    ci = bootstrap_metrics(sweep, n_boot=n_boot) if n_boot > 0 else None
+    ci = bootstrap_metrics(sweep, n_boot=n_boot, progress=progress) if n_boot > 0 else None
     W = sweep.widths
     dmax = int(W[-1])
     lines = [f"# fused-mup transfer: {spec.name if spec else out.name}", ""]
@@ -256,7 +289,7 @@ def write_report(
             + (f"; 1-min load average seen: {min(loads):.1f}–{max(loads):.1f}." if loads else "."),
             "",
         ]
-    claim_lines, claim_js, stats = claim_sections(sweep, n_boot)
+    claim_lines, claim_js, stats = claim_sections(sweep, n_boot, progress)
     lines += claim_lines
     lines += ["## Setup", ""]
     lines += _setup_lines(recs, spec, sweep)
@@ -376,6 +409,7 @@ def make_report(
     spec: SweepSpec | None = None,
     n_boot: int = 200,
     plots: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Compute the metrics of a finished (or partial) sweep and write the report.
 
@@ -388,6 +422,7 @@ def make_report(
         spec: restrict to this spec's runs (default: ``out_dir/spec.json``, else all records).
         n_boot: bootstrap replicates (used when there are >= 2 seeds).
         plots: write the figures.
+        progress: show tqdm bars over the bootstrap replicates.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -401,4 +436,6 @@ def make_report(
         recs = [r for r in recs if r.get("id") in ids]
     if not recs:
         raise SystemExit(f"no results for this sweep in {out / RESULTS}")
-    return write_report(out, recs, spec, n_boot=n_boot, plots=plots, timing=load_timing(out))
+    return write_report(
+        out, recs, spec, n_boot=n_boot, plots=plots, timing=load_timing(out), progress=progress
+    )

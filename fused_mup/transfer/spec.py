@@ -32,16 +32,16 @@ class SweepSpec:
     """
 
     presets: tuple[str, ...] = PRESETS
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
-    lrs: tuple[float, ...] = pow2(-14, -4)
+    widths: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+    lrs: tuple[float, ...] = pow2(-13, -5)
     seeds: tuple[int, ...] = (0,)
     depth: int = 4
-    heads: int = 8
+    heads: int = 16
     head_dim: int | None = None
     context: int = 128
     batch: int = 32
-    base_width: int = 64
-    tokens: int | None = 4096 * 2000  # 2000 steps of 32 x 128
+    base_width: int = 128
+    tokens: int | None = 4096 * 400  # 400 steps of 32 x 128: ~1.2e17 FLOPs in all (docs)
     tokens_per_param: float | None = None
     weight_decay: float = 0.0
     weight_decay_mode: str = "independent"
@@ -83,7 +83,7 @@ class SweepSpec:
 
     @classmethod
     def full(cls, **kw: Any) -> SweepSpec:
-        """The default / ``--full`` sweep, sized for one GPU."""
+        """The default / ``--full`` sweep, sized for one GPU in ~20-25 min (docs/transfer.md)."""
         return cls(**kw)
 
     def resolved(self) -> SweepSpec:

@@ -87,18 +87,22 @@ def _run_one(cfg: RunConfig) -> dict[str, Any]:
     return train_run(cfg, threads=1)
 
 
+# Sustained throughput of one CPU core on these tiny models, in _cost units per CPU-second:
+# 2.6e10 on the committed --quick run (1.89e13 units in 716 CPU-s). Used only for the estimate
+# printed before a sweep starts (and the --yes guard), so it assumes idle cores.
+CPU_COST_PER_S = 2.6e10
+# Per-run cost that does not scale with FLOPs (model build, evaluation, Python), in the same
+# units: about one second of a CPU core, which dominates the narrowest runs.
+OVERHEAD = 2e10
+
+
 def _cost(cfg: RunConfig) -> float:
     # Relative run cost for the ETA and the largest-first order: training + evaluation FLOPs
     # plus a fixed per-run overhead.
     per_token = flops_per_token(
         cfg.width, cfg.depth, cfg.context, parse_tokenizer(cfg.tokenizer) or 256
     )
-    return (cfg.steps + cfg.eval_batches / 3) * cfg.batch * cfg.context * per_token + 6e8
-
-
-# Sustained throughput of one CPU core on these tiny models, in _cost units per second
-# (measured on the committed --quick run; used only for the estimate before a sweep starts).
-CPU_COST_PER_S = 2e10
+    return (cfg.steps + cfg.eval_batches / 3) * cfg.batch * cfg.context * per_token + OVERHEAD
 
 
 def estimate_seconds(spec: SweepSpec, out_dir: str | Path | None = None, jobs: int = 1) -> float:

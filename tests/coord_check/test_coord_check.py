@@ -101,7 +101,9 @@ def test_cli(tmp_path, capsys) -> None:
 
     argv = ["--presets", "mup", "--widths", "16,32", "--steps", "2", "--layers", "1"]
     assert cli_main(["coord-check", *argv, "--optimizer", "torch", "--out", str(tmp_path)]) == 0
-    assert "| readout |" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "| readout |" in out.out
+    assert "coord-check mup" in out.err and "2/2" in out.err  # the tqdm bar, one tick per width
     assert (tmp_path / "coord_check.png").exists()
     assert main([*argv, "--no-progress", "--out", str(tmp_path / "b")]) == 0  # fused_mup.AdamW
 

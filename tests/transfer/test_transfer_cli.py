@@ -41,7 +41,7 @@ def test_list_syntax_and_negative_lr_range():
     "argv, message",
     [
         (["--presets", "sp,mupp"], "unknown presets ['mupp']"),
-        (["--widths", "30,64"], "widths [30] are not multiples of --heads 8"),
+        (["--widths", "30,64"], "widths [30] are not multiples of --heads 16"),
         (["--widths", "0"], "must be >= 1"),
         (["--lr-range", "-4,-12"], "LO <= HI"),
         (["--lr-range", "-4"], "LO <= HI"),
@@ -133,9 +133,9 @@ def test_weight_decay_experiment(tmp_path, monkeypatch):
     def loss(c):
         x, d = math.log2(c.lr), c.width / 16
         if c.weight_decay:
-            return 2.0 + 0.01 * d * (x + 7 + 0.5 * math.log2(d)) ** 2 + 0.001 * c.seed
+            return 2.0 + 0.01 * d * (x + 5 + 0.5 * math.log2(d)) ** 2 + 0.001 * c.seed
         wiggle = {16: 0.0, 32: 0.4, 64: -0.3}[c.width]
-        return 2.0 + 0.01 * (x + 7 + 0.5 * math.log2(d) + wiggle) ** 2 + 0.001 * c.seed
+        return 2.0 + 0.01 * (x + 5 + 0.5 * math.log2(d) + wiggle) ** 2 + 0.001 * c.seed
 
     monkeypatch.setattr(experiments, "run_sweep", _fake_sweep(loss))
     spec = wd_spec(quick=True, presets=("sp",), seeds=(0, 1, 2), max_bytes=300_000)

@@ -77,6 +77,15 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert calls == []
 
 
+def test_progress_bar_and_resume_message(tmp_path, capsys):
+    spec = tiny_spec(presets=("sp",), widths=(16,), lrs=(2.0**-6,))
+    run_sweep(spec, tmp_path, jobs=1, progress=True)
+    err = capsys.readouterr().err
+    assert "transfer" in err and "1/1 runs, last sp d=16" in err  # tqdm with the run's label
+    run_sweep(spec, tmp_path, jobs=1, progress=True)
+    assert "resuming: 1 runs already in the results file" in capsys.readouterr().err
+
+
 def test_diverged_run_is_recorded(tmp_path):
     spec = tiny_spec(presets=("sp",), widths=(16,), lrs=(30.0,))
     (rec,) = run_sweep(spec, tmp_path, jobs=1, progress=False)
