@@ -65,9 +65,10 @@ class AdamW(torch.optim.Optimizer):
             CUDA graph and replayed. Warm up with eager steps before capturing; grads must be
             static tensors (as CUDA graphs require anyway).
         differentiable: not supported (raises NotImplementedError when True).
-        backend: "auto" (Triton on CUDA tensors, plain torch on CPU), "triton" (always the
-            kernel; CPU tensors need ``TRITON_INTERPRET=1`` set before triton is imported), or
-            "torch" (always the plain-torch path).
+        backend: "auto" (Triton on CUDA tensors; CPU tensors through torch's fused CPU
+            kernel, one call per group, and the plain-torch twin for what it cannot take),
+            "triton" (always the kernel; CPU tensors need ``TRITON_INTERPRET=1`` set before
+            triton is imported), or "torch" (always the plain-torch path).
         state_dtype: dtype of new exp_avg / exp_avg_sq; None keeps the param dtype, as torch.
         bf16_update: how bf16 params take the update: "round" (to nearest even), "kahan"
             (compensation buffer in state["kahan_comp"]), "stochastic" (unbiased stochastic
