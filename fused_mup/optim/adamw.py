@@ -79,6 +79,9 @@ class AdamW(torch.optim.Optimizer):
         kernel_config: tile sizes of the kernel (:class:`KernelConfig`).
     """
 
+    # It applies lr_mult / wd_mult itself (fused_mup.ignored_keys warns for other optimizers).
+    _applies_fused_mup_group_keys = True
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],

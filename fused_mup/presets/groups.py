@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from fused_mup.ignored_keys import install_ignored_keys_hook
 from fused_mup.presets.roles import ROLES, TieError, named_params, param_roles, unwrap_model
 
 __all__ = ["DEFAULT_DECAY", "PRESETS", "param_groups"]
@@ -28,6 +29,9 @@ PRESETS: dict[str, dict[str, float]] = {
 DEFAULT_DECAY: dict[str, float] = {"embedding": 1.0, "hidden": 1.0, "readout": 1.0, "vector": 0.0}
 
 _WD_MODES = ("coupled", "independent")
+
+# A torch optimizer given unbaked groups (lr_mult / wd_mult it ignores) warns on its first step.
+install_ignored_keys_hook()
 
 
 def _pow(m: float, e: float) -> float:
