@@ -29,6 +29,29 @@ def test_constructor_errors_match_torch(kwargs):
     assert str(ours.value) == str(theirs.value)
 
 
+# Invalid params (a bare tensor, a generator that yields nothing) beside a bad argument: torch
+# checks the arguments first, so its ValueError wins over the params' TypeError / ValueError.
+BAD_PARAMS = {
+    "bare-tensor": lambda: torch.zeros(3, requires_grad=True),
+    "empty": lambda: iter(()),
+}
+
+
+@pytest.mark.parametrize("make_params", list(BAD_PARAMS.values()), ids=list(BAD_PARAMS))
+@pytest.mark.parametrize(
+    "kwargs",
+    [*BAD_ARGS.values(), dict(betas=(0.9, torch.tensor(0.999)))],
+    ids=[*BAD_ARGS, "mixed-float-tensor-betas"],
+)
+def test_arguments_are_checked_before_params_as_torch(kwargs, make_params):
+    with pytest.raises(Exception) as theirs:
+        torch.optim.AdamW(make_params(), **kwargs)
+    with pytest.raises(Exception) as ours:
+        fused_mup.AdamW(make_params(), **kwargs)
+    assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
+    assert type(theirs.value) is ValueError  # the argument's error, not the params'
+
+
 def test_defaults_match_torch():
     p = [torch.zeros(3, requires_grad=True)]
     theirs = torch.optim.AdamW(p).defaults

@@ -44,8 +44,8 @@ def test_copy_and_pickle_keep_the_constructor_settings(how):
         other = copy.deepcopy(opt)
     else:
         other = pickle.loads(pickle.dumps(opt))
-    for key in SETTINGS:
-        assert getattr(other, key) == getattr(opt, key), key
+    settings = lambda o: {key: getattr(o, key) for key in SETTINGS}  # noqa: E731
+    assert settings(other) == settings(opt)  # every key at once, not the first that differs
     # torch's test_deepcopy_copies_all_public_attrs
     public = lambda o: {k for k in o.__dict__ if not k.startswith("_")}  # noqa: E731
     assert public(other) == public(opt)
