@@ -37,17 +37,17 @@ BAD_PARAMS = {
 }
 
 
-@pytest.mark.parametrize("make_params", list(BAD_PARAMS.values()), ids=list(BAD_PARAMS))
+@pytest.mark.parametrize("bad_params", list(BAD_PARAMS.values()), ids=list(BAD_PARAMS))
 @pytest.mark.parametrize(
     "kwargs",
     [*BAD_ARGS.values(), dict(betas=(0.9, torch.tensor(0.999)))],
     ids=[*BAD_ARGS, "mixed-float-tensor-betas"],
 )
-def test_arguments_are_checked_before_params_as_torch(kwargs, make_params):
+def test_arguments_are_checked_before_params_as_torch(kwargs, bad_params):
     with pytest.raises(Exception) as theirs:
-        torch.optim.AdamW(make_params(), **kwargs)
+        torch.optim.AdamW(bad_params(), **kwargs)
     with pytest.raises(Exception) as ours:
-        fused_mup.AdamW(make_params(), **kwargs)
+        fused_mup.AdamW(bad_params(), **kwargs)
     assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
     assert type(theirs.value) is ValueError  # the argument's error, not the params'
 
