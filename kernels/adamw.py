@@ -48,7 +48,7 @@ def _step_scalars(step, lr, log_beta1, log_beta2):
 
     beta**step = exp(step * log(beta)), log(beta) from the launcher: one fp64 exp per beta
     (~1e-16 relative error, far below fp32's rounding) instead of 31 dependent squarings per
-    beta. On an inf step, where step may be 0, nothing uses the result.
+    beta. step >= 1 (the kernel passes 1 on an inf step at step 0, whose result is unused).
     """
     step64 = step.to(tl.float64)
     bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
@@ -355,7 +355,10 @@ def adamw_kernel(
     old_step = tl.load(step_ptr)
     step = old_step + update.to(tl.float32)
 
-    neg_step_size, bias_correction2_sqrt = _step_scalars(step, lr, log_beta1, log_beta2)
+    # An inf step at step 0 would divide by zero (its result is unused): take step 1 there.
+    neg_step_size, bias_correction2_sqrt = _step_scalars(
+        tl.maximum(step, 1.0), lr, log_beta1, log_beta2
+    )
     keep = (1.0 - decay).to(tl.float32)
     weight1 = (1.0 - beta1).to(tl.float32)
     beta2_f = beta2.to(tl.float32)

@@ -114,6 +114,8 @@ def grad_norm_kernel(
             sumsq = tl.sum(total, axis=0) + previous
             tl.store(clip_ptr + C_SUMSQ, sumsq)
             tl.store(clip_ptr + C_MAX_NORM, max_norm)
-            # inf - inf is NaN: the flag is set for an inf or a NaN sum.
-            tl.store(clip_ptr + C_NONFINITE, ((sumsq - sumsq) != 0).to(tl.float32))
+            # A sum of squares is never -inf: the flag is set for +inf or NaN (compared, not
+            # inf - inf, which the interpreter reports as an invalid operation).
+            nonfinite = (sumsq != sumsq) | (sumsq == float("inf"))
+            tl.store(clip_ptr + C_NONFINITE, nonfinite.to(tl.float32))
             tl.store(done_count_ptr, 0)

@@ -153,7 +153,7 @@ def _switches(param_groups: list[dict[str, Any]]) -> list[tuple]:
 
 def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
     real_dtype = p.real.dtype if p.is_complex() else p.dtype
-    if backend == "torch":
+    if backend == "torch" or p.is_meta:  # meta params step as a no-op on every backend
         return False
     if backend == "triton":
         if real_dtype not in KERNEL_DTYPES:

@@ -4,6 +4,7 @@ GradScaler inf check folded into the same pass."""
 from __future__ import annotations
 
 import copy
+import warnings
 from unittest import mock
 
 import pytest
@@ -92,6 +93,26 @@ def test_clip_is_one_launch_and_step_one_more(device):
     finally:
         mock.patch.stopall()
     assert calls == [grad_norm_kernel, adamw_kernel]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device", kernel_devices())
+def test_inf_first_step_changes_nothing_and_warns_nothing(device, backend):
+    """An inf at step 0 (torch's test_fused_does_not_step_if_foundinf): nothing moves, the step
+    stays 0, and the kernel computes no 1 / (1 - beta1**0) on the way (the interpreter's divide
+    warning became an error under -W error)."""
+    m_ours, _ = model_and_copy(device)
+    opt = ours(m_ours, backend)
+    scaler = torch.amp.GradScaler(device, init_scale=4.0)
+    scaler.scale(loss_on(m_ours, device, 0)).backward()
+    m_ours[0].weight.grad[0, 0] = float("inf")
+    before = [p.detach().clone() for p in m_ours.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.clip_grad_norm_(1.0, grad_scaler=scaler)
+        scaler.step(opt)
+    assert all(torch.equal(p, b) for p, b in zip(m_ours.parameters(), before))
+    assert {st["step"].item() for st in opt.state.values()} == {0.0}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -11,9 +11,10 @@ import fused_mup
 from fused_mup.launcher import KernelConfig
 
 
-def test_meta_params_step_quietly_as_torch_default_does():
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+def test_meta_params_step_quietly_as_torch_default_does(backend):
     """Deliberate: a model built on the meta device (before to_empty) steps as a no-op, as torch's
-    default AdamW does; torch's fused=True raises instead."""
+    default AdamW does, on every backend; torch's fused=True raises instead."""
 
     def meta_model():
         with torch.device("meta"):
@@ -23,7 +24,7 @@ def test_meta_params_step_quietly_as_torch_default_does():
         return model
 
     model = meta_model()
-    opt = fused_mup.AdamW(model.parameters())
+    opt = fused_mup.AdamW(model.parameters(), backend=backend)
     opt.step()
     assert opt.state[model.weight]["exp_avg"].is_meta
     theirs = meta_model()
