@@ -20,6 +20,7 @@ from fused_mup.kernels.tables import ClipSlot, Update
 from fused_mup.launcher import KernelConfig
 from fused_mup.optim.clip import PendingClip, fused_grad_norm, take_scaler
 from fused_mup.optim.cpu_fused import cpu_fused_step
+from fused_mup.optim.differentiable import differentiable_step
 from fused_mup.optim.group_table import GroupTables, group_row, group_scalars
 from fused_mup.optim.modes import update_mode
 from fused_mup.optim.plan import Plan, Planner, cpu_fused_grads, real_view
@@ -64,7 +65,8 @@ class AdamW(torch.optim.Optimizer):
             device tensor that schedulers ``fill_``), so that ``step()`` can be captured in a
             CUDA graph and replayed. Warm up with eager steps before capturing; grads must be
             static tensors (as CUDA graphs require anyway).
-        differentiable: not supported (raises NotImplementedError when True).
+        differentiable: run the step under autograd, through torch's own single-tensor
+            AdamW (one call per group; no kernel, no fused clip, bf16_update "round" only).
         backend: "auto" (Triton on CUDA tensors; CPU tensors through torch's fused CPU
             kernel, one call per group, and the plain-torch twin for what it cannot take),
             "triton" (always the kernel; CPU tensors need ``TRITON_INTERPRET=1`` set before
@@ -122,11 +124,8 @@ class AdamW(torch.optim.Optimizer):
         # Before the params are read, as torch: a bad argument is reported as such.
         check_hyperparameters(defaults, where="")
         defaults["betas"] = tuple(map(to_scalar, defaults["betas"]))
-        if differentiable:
-            raise NotImplementedError(
-                "fused_mup.AdamW does not support differentiable=True: the fused kernel updates "
-                "in place outside autograd. Use torch.optim.AdamW(differentiable=True)."
-            )
+        if fused and differentiable:  # torch's checks, in its order
+            raise RuntimeError("`fused` does not support `differentiable`")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if backend not in BACKENDS:
@@ -239,7 +238,6 @@ class AdamW(torch.optim.Optimizer):
 
     # ---- the step ----------------------------------------------------------------------------
 
-    @torch.no_grad()
     def step(self, closure=None):
         """Performs a single optimization step: one kernel launch per bucket.
 
@@ -250,7 +248,12 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._update()
+        if self.defaults["differentiable"]:
+            with torch.enable_grad():  # as torch's _use_grad_for_differentiable
+                differentiable_step(self)
+        else:
+            with torch.no_grad():
+                self._update()
         self._step_supports_amp_scaling = False  # back to GradScaler's own unscale pass
         return loss
 
@@ -318,6 +321,11 @@ class AdamW(torch.optim.Optimizer):
         Returns:
             The total norm of the (unscaled) grads, as a 0-d tensor on the grads' device.
         """
+        if self.defaults["differentiable"]:
+            raise NotImplementedError(
+                "fused_mup.AdamW.clip_grad_norm_ applies its coefficient inside the fused step, "
+                "which differentiable=True does not run; use torch.nn.utils.clip_grad_norm_."
+            )
         if float(norm_type) != 2.0:
             raise NotImplementedError(
                 f"fused_mup.AdamW.clip_grad_norm_ fuses norm_type=2.0 only, got {norm_type}; "

@@ -14,7 +14,14 @@ from torch import Tensor
 from fused_mup import launcher
 from fused_mup.kernels.tables import GroupCol
 
-__all__ = ["GroupTables", "decay", "group_scalars", "peak_lr", "to_torch_state_dict"]
+__all__ = [
+    "GroupTables",
+    "decay",
+    "group_scalars",
+    "peak_lr",
+    "to_torch_state_dict",
+    "torch_weight_decay",
+]
 
 
 def _as_float(x: Any) -> float:
@@ -52,6 +59,17 @@ def decay(group: dict[str, Any], lr: float) -> float:
         return lr * group["lr_mult"] * wd_eff
     peak = peak_lr(group, lr)
     return (lr / peak if peak else 0.0) * wd_eff
+
+
+def torch_weight_decay(group: dict[str, Any], peak: float) -> float:
+    """The ``weight_decay`` that makes torch's decay ``lr · lr_mult · weight_decay`` equal
+    :func:`decay` at every lr: ``weight_decay · wd_mult`` for coupled decay, and
+    ``weight_decay · wd_mult / (peak · lr_mult)`` for independent decay relative to ``peak``."""
+    wd_eff = group["weight_decay"] * group.get("wd_mult", 1.0)
+    if group.get("weight_decay_mode", "coupled") == "coupled":
+        return wd_eff
+    scale = peak * group.get("lr_mult", 1.0)
+    return wd_eff / scale if scale else 0.0
 
 
 def _device_peak(group: dict[str, Any], lr: Tensor) -> Tensor:
@@ -188,20 +206,14 @@ def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     for group in out["param_groups"]:
         lr = group["lr"]
         lr = float(lr) if isinstance(lr, Tensor) else lr
-        lr_mult, wd_eff = (
-            group.get("lr_mult", 1.0),
-            group["weight_decay"] * group.get("wd_mult", 1.0),
+        lr_mult = group.get("lr_mult", 1.0)
+        peak = max(
+            lr,
+            _as_float(group.get("peak_lr")),
+            _as_float(group.get("max_lr")),
+            _as_float(group.get("initial_lr")),
         )
-        if group.get("weight_decay_mode", "coupled") == "independent":
-            peak = max(
-                lr,
-                _as_float(group.get("peak_lr")),
-                _as_float(group.get("max_lr")),
-                _as_float(group.get("initial_lr")),
-            )
-            group["weight_decay"] = wd_eff / (peak * lr_mult) if peak * lr_mult else 0.0
-        else:
-            group["weight_decay"] = wd_eff
+        group["weight_decay"] = torch_weight_decay(group, peak)
         for key in _LR_KEYS:
             if key in group:
                 group[key] = group[key] * lr_mult

@@ -72,10 +72,8 @@ def test_bad_group_hyperparameters_name_the_group():
     assert len(opt.param_groups) == 1, "a refused group must not be added"
 
 
-def test_differentiable_and_unknown_options_are_refused():
+def test_unknown_options_are_refused():
     p = [torch.zeros(3, requires_grad=True)]
-    with pytest.raises(NotImplementedError, match="differentiable=True"):
-        fused_mup.AdamW(p, differentiable=True)
     with pytest.raises(ValueError, match="Invalid backend: 'cuda'"):
         fused_mup.AdamW(p, backend="cuda")
     with pytest.raises(ValueError, match="Invalid state_dtype"):
