@@ -223,6 +223,13 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
                         f"grad of {where} is {tuple(g.shape)}, {g.dtype}, {g.device}; it "
                         "must match the parameter's shape, dtype and device"
                     )
+                if p.is_meta and group["fused"]:
+                    # torch's fused AdamW refuses meta params (its default path steps them as
+                    # a no-op, as we do); asked for fused=True, give torch's error.
+                    raise RuntimeError(
+                        "`fused=True` requires all the params to be floating point Tensors of "
+                        f"supported devices, but {p.dtype} and meta ({where})"
+                    )
                 use = _use_kernel(p, opt.backend, where)
                 entries.append(_Entry(ParamRef(flat, gi, pi), p, g, where, use))
             flat += 1

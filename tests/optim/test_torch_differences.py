@@ -26,6 +26,9 @@ def test_meta_params_step_quietly_as_torch_default_does(backend):
     model = meta_model()
     opt = fused_mup.AdamW(model.parameters(), backend=backend)
     opt.step()
+    # Asked for fused=True, torch's fused error (torch's test_fused_error_on_params_on_meta).
+    with pytest.raises(RuntimeError, match="`fused=True` requires all the params"):
+        fused_mup.AdamW(meta_model().parameters(), backend=backend, fused=True).step()
     assert opt.state[model.weight]["exp_avg"].is_meta
     theirs = meta_model()
     torch.optim.AdamW(theirs.parameters()).step()  # torch's default: also quiet
