@@ -387,10 +387,18 @@ class Planner:
             if grad_addresses != plan.grad_addresses:
                 # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
                 refuse_during_capture("grads moved to new tensors")
-                for i, (new, old) in enumerate(zip(grad_addresses, plan.grad_addresses)):
-                    if new != old and grads[i] is not None and i in plan.grad_copies:
-                        g, p = local(grads[i]), local(params[i])
-                        plan.grad_copies[i] = g.stride() != layout_strides(p)
+                copies = plan.grad_copies
+                moved = [
+                    i
+                    for i, (new, old) in enumerate(zip(grad_addresses, plan.grad_addresses))
+                    if new != old and i in copies and grads[i] is not None
+                ]
+                for i in moved:
+                    g, p = local(grads[i]), local(params[i])
+                    # Both contiguous (the common case): one memory order, no copy.
+                    copies[i] = not (g.is_contiguous() and p.is_contiguous()) and (
+                        g.stride() != layout_strides(p)
+                    )
                 plan.grad_copy_any = any(plan.grad_copies.values())
                 plan.grad_addresses = grad_addresses
                 plan.grads_moved = True

@@ -128,3 +128,26 @@ def test_state_storage_swapped_with_data_is_picked_up(device, swap):
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             assert_close(saved["state"][i][key], ref.state[b][key], torch.float32, key)
     _check(ours, opt, theirs, ref, f"after swapping {swap}")
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_new_grads_that_change_layout_are_copied_to_the_params(device):
+    """New grad tensors each step whose layout alternates (row-major, then a transposed copy
+    with the same values, then row-major again): the kernel walks the grad in the param's
+    memory order, so a layout change must be noticed on the step it happens, both ways."""
+    torch.manual_seed(0)
+    ours = [torch.randn(6, 5, device=device), torch.randn(7, device=device)]
+    theirs = [p.clone() for p in ours]
+    opt = fused_mup.AdamW(ours, lr=1e-2, backend="triton", kernel_config=TILES)
+    ref = torch.optim.AdamW(theirs, lr=1e-2)
+    for step in range(6):
+        gen = torch.Generator().manual_seed(step)
+        grads = [torch.randn(p.shape, generator=gen).to(device) for p in ours]
+        for p, q, g in zip(ours, theirs, grads):
+            transposed = step % 3 == 1 and g.dim() == 2
+            p.grad = g.t().contiguous().t() if transposed else g.clone()
+            q.grad = g.clone()
+        opt.step()
+        ref.step()
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_close(a, b, torch.float32, f"step {step}, param {i}")
