@@ -17,6 +17,12 @@ from fused_mup.bench.host_cost import (
     host_workloads,
     run_host_cost,
 )
+from fused_mup.bench.host_instructions import (
+    HostInstructionsConfig,
+    default_host_instructions_dir,
+    format_host_instructions,
+    run_host_instructions,
+)
 from fused_mup.bench.impls import default_impls
 from fused_mup.bench.results import default_out_dir, format_text_table
 from fused_mup.bench.run import BenchConfig, estimate_seconds, run
@@ -96,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="host time per step() with the launches stubbed, fused_mup vs torch fused, "
         "grads kept and grads new; workloads " + ",".join(host_workloads()),
+    )
+    mode.add_argument(
+        "--host-instructions",
+        action="store_true",
+        help="the same host path as --host-cost, counted in instructions by callgrind (CPU, "
+        "needs valgrind; repeatable on a loaded machine; about 10 minutes on 2 cores)",
     )
     size.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     size.add_argument(
@@ -274,6 +286,24 @@ def _host_cost(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def _host_instructions(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.device not in (None, "cpu"):
+        parser.error("--host-instructions: CPU only (callgrind runs no GPU)")
+    known = list(host_workloads())
+    if bad := [n for n in args.workloads or [] if n not in known]:
+        parser.error(
+            f"--workloads: unknown workload(s) {bad} for --host-instructions; known: {known}"
+        )
+    cfg = HostInstructionsConfig(
+        workloads=args.workloads,
+        progress=not args.no_progress,
+        out=_out_dir(args, default_host_instructions_dir()),
+    )
+    results = run_host_instructions(cfg)
+    print(format_host_instructions(results) + f"\nwrote {cfg.out}/results.json, results.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``fused-mup bench``: run, print the table, write JSON/markdown/PNG.
 
@@ -293,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return _step_ratio(args, parser)
     if args.host_cost:
         return _host_cost(args, parser)
+    if args.host_instructions:
+        return _host_instructions(args, parser)
     cfg = config_from_args(args, parser)
     if (warning := _confirm_cpu_run(cfg, args.yes)) is not None:
         print(warning, file=sys.stderr)

@@ -40,8 +40,11 @@ from fused_mup.bench.workloads import Workload, allocate_params, many_small_work
 
 __all__ = [
     "GRAD_MODES",
+    "HOST_IMPLS",
     "HostCostConfig",
+    "check_stubs_reached",
     "format_host_cost",
+    "host_steps",
     "host_workloads",
     "run_host_cost",
     "stubbed_launches",
@@ -113,19 +116,16 @@ class HostCostConfig:
     out: Path | None = None
 
 
-def _one(
-    w: Workload,
-    mode: str,
-    device: torch.device,
-    cfg: HostCostConfig,
-    counts: dict[str, int],
-    bar: Any,
-) -> dict[str, Any]:
+def host_steps(
+    w: Workload, mode: str, device: torch.device, seed: int
+) -> tuple[dict[str, Any], Any]:
+    """``{impl: step()}`` for fused_mup (the kernel path) and torch fused on ``w``, and the
+    ``before(impl)`` hook that gives an impl new grad tensors (None for "grads kept")."""
     registry = {i.name: i for i in default_impls()}
     backend = "triton" if device.type == "cpu" else "auto"  # the kernel path, stubbed
     steps, pools = {}, {}
     for name in HOST_IMPLS:
-        groups = allocate_params(w, device, cfg.seed)
+        groups = allocate_params(w, device, seed)
         params = [p for g in groups for p in g["params"]]
         plain = [{k: v for k, v in g.items() if k != "name"} for g in groups]
         _, steps[name] = registry[name].build(BuildContext(w, plain, device, backend=backend))
@@ -141,17 +141,32 @@ def _one(
         for p, g in zip(params, sets[flips[name]], strict=True):
             p.grad = g
 
-    before = new_grads if mode == "grads new" else None
-    for name, step in steps.items():
-        for _ in range(cfg.warmup_steps):
-            if before is not None:
-                before(name)
-            step()
+    return steps, (new_grads if mode == "grads new" else None)
+
+
+def check_stubs_reached(counts: dict[str, int]) -> None:
     if counts["launch"] == 0 or counts["torch._fused_adamw_"] == 0:
         raise RuntimeError(
             f"the stubs were not reached ({counts}): fused_mup did not take its kernel path or "
             "torch did not call _fused_adamw_, so this would not time the host path"
         )
+
+
+def _one(
+    w: Workload,
+    mode: str,
+    device: torch.device,
+    cfg: HostCostConfig,
+    counts: dict[str, int],
+    bar: Any,
+) -> dict[str, Any]:
+    steps, before = host_steps(w, mode, device, cfg.seed)
+    for name, step in steps.items():
+        for _ in range(cfg.warmup_steps):
+            if before is not None:
+                before(name)
+            step()
+    check_stubs_reached(counts)
     sync(device)
     times = interleaved_times(
         steps,
