@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fused_mup.check.report import CheckRow
-from fused_mup.optim import AdamW
+from fused_mup.optim import AdamW, to_torch_state_dict
 from fused_mup.tolerances import TOLERANCES, errors
 
 __all__ = [
@@ -285,11 +285,12 @@ def _poisoned(init: list[list[Tensor]], make: Callable[..., _Run]) -> _Run:
 def checkpoint_case(device: str, backend: str, seed: int, direction: str) -> CheckRow:
     """First half in one optimizer, state_dict through a buffer, second half in the other."""
     dtype = torch.float32
-    # Checkpoints that cross to torch carry no multipliers (torch would ignore them).
+    # A fused checkpoint crosses to torch through to_torch_state_dict, multipliers and all; a
+    # torch checkpoint has none to carry (fused groups without multipliers load it).
     specs = (
-        _GROUPS
-        if direction == "fused->fused"
-        else [{k: v for k, v in s.items() if k not in ("lr_mult", "wd_mult")} for s in _GROUPS]
+        [{k: v for k, v in s.items() if k not in ("lr_mult", "wd_mult")} for s in _GROUPS]
+        if direction == "torch->fused"
+        else _GROUPS
     )
     init = _initial([s["shapes"] for s in specs], seed)
     src_kind, dst_kind = direction.split("->")
@@ -315,7 +316,8 @@ def checkpoint_case(device: str, backend: str, seed: int, direction: str) -> Che
     with torch.no_grad():
         for p, value in zip(dst.params, saved["params"], strict=True):
             p.copy_(value)
-    dst.opt.load_state_dict(saved["opt"])
+    state = saved["opt"]
+    dst.opt.load_state_dict(to_torch_state_dict(state) if direction == "fused->torch" else state)
     for _ in range(STEPS - half):
         _grads([dst, ref], gen, dtype)
         _step(dst)
