@@ -134,6 +134,9 @@ class Plan:
     # optimizer_to(device) offload snippet) moves a storage without touching optimizer.state.
     state_tensors: list[Tensor] = field(default_factory=list)
     state_addresses: list[int] = field(default_factory=list)
+    # Flat indices of contiguous (non-DTensor) params with a grad-copy flag: a new contiguous
+    # grad needs no stride check for them.
+    contiguous_params: frozenset[int] = frozenset()
 
 
 def _addresses(tensors: list[Tensor], has_dtensor: bool) -> list[int]:
@@ -317,6 +320,9 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
         staged=staged,
         state_tensors=state_tensors,
         state_addresses=_addresses(state_tensors, has_dtensor),
+        contiguous_params=frozenset()
+        if has_dtensor
+        else frozenset(i for i in grad_copies if params[i].is_contiguous()),
     )
 
 
@@ -393,12 +399,13 @@ class Planner:
                     for i, (new, old) in enumerate(zip(grad_addresses, plan.grad_addresses))
                     if new != old and i in copies and grads[i] is not None
                 ]
+                contiguous = plan.contiguous_params
                 for i in moved:
-                    g, p = local(grads[i]), local(params[i])
-                    # Both contiguous (the common case): one memory order, no copy.
-                    copies[i] = not (g.is_contiguous() and p.is_contiguous()) and (
-                        g.stride() != layout_strides(p)
-                    )
+                    g = grads[i]
+                    if i in contiguous and g.is_contiguous():
+                        copies[i] = False  # the common case: one memory order, no copy
+                    else:
+                        copies[i] = local(g).stride() != layout_strides(local(params[i]))
                 plan.grad_copy_any = any(plan.grad_copies.values())
                 plan.grad_addresses = grad_addresses
                 plan.grads_moved = True
