@@ -58,11 +58,20 @@ class HostInstructionsConfig:
     out: Path | None = None
 
 
+# The child that only hands over new grads (fused_mup's set; torch's is the same size): what
+# "grads new" costs outside step(), subtracted from both implementations' counts.
+GRADS_ONLY = "grads-only"
+
+
 def _child(impl: str, workload: str, mode: str, steps: int, warmup: int) -> None:
     torch.set_num_threads(1)
     w = host_workloads()[workload]
     with stubbed_launches() as counts:
         steps_by_impl, before = host_steps(w, mode, torch.device("cpu"), seed=0)
+        if impl == GRADS_ONLY:
+            for _ in range(warmup + steps):
+                before("fused_mup")
+            return
         step = steps_by_impl[impl]
         for _ in range(warmup + steps):
             if before is not None:
@@ -111,7 +120,7 @@ def run_host_instructions(cfg: HostInstructionsConfig) -> dict[str, Any]:
         (name, mode, impl, steps)
         for name in names
         for mode in GRAD_MODES
-        for impl in HOST_IMPLS
+        for impl in ((*HOST_IMPLS, GRADS_ONLY) if mode == "grads new" else HOST_IMPLS)
         for steps in (0, cfg.steps)
     ]
     # Each child is one process with one thread; instruction counts do not depend on how many
@@ -131,11 +140,14 @@ def run_host_instructions(cfg: HostInstructionsConfig) -> dict[str, Any]:
     rows = []
     for name in names:
         for mode in GRAD_MODES:
-            per_step = {
-                impl: (collected[name, mode, impl, cfg.steps] - collected[name, mode, impl, 0])
-                / cfg.steps
-                for impl in HOST_IMPLS
-            }
+
+            def per(impl: str, name=name, mode=mode) -> float:
+                return (
+                    collected[name, mode, impl, cfg.steps] - collected[name, mode, impl, 0]
+                ) / cfg.steps
+
+            outside = per(GRADS_ONLY) if mode == "grads new" else 0.0
+            per_step = {impl: per(impl) - outside for impl in HOST_IMPLS}
             rows.append(
                 {
                     "workload": name,
@@ -168,7 +180,9 @@ def format_host_instructions(results: dict[str, Any]) -> str:
         f"commit `{meta['git_commit']}`, {meta['time_utc']}, one torch thread",
         f"- per implementation: instructions of a child with {meta['warmup_steps']} warm-up "
         f"steps and then {meta['steps']} steps, minus those of the same child with 0 steps, "
-        f"over {meta['steps']}; fused_mup's launches and `torch._fused_adamw_` are no-ops",
+        f"over {meta['steps']}; fused_mup's launches and `torch._fused_adamw_` are no-ops; "
+        "for grads new, minus the instructions of handing over the new grads alone (a child "
+        "that does only that), as --host-cost times step() alone",
         "- ratio: fused_mup / torch fused (below 1: fewer host instructions than torch)",
         "",
         "| workload | groups | grads | fused_mup instructions | torch fused instructions "

@@ -28,9 +28,14 @@ def test_child_refuses_a_path_that_never_reaches_its_stub(monkeypatch):
         host_instructions._child("fused_mup", "150x4096", "grads kept", steps=1, warmup=1)
 
 
+def test_grads_only_child_steps_nothing():
+    host_instructions._child(host_instructions.GRADS_ONLY, "150x4096", "grads new", 2, 1)
+
+
 def test_parent_differences_two_counts_per_run(monkeypatch, tmp_path):
-    # A fake callgrind: 10**9 for the setup, then 300 or 1000 instructions per step.
-    per_step = {"fused_mup": 300, "torch_fused": 1000}
+    # A fake callgrind: 10**9 for the setup, then a fixed count per step; handing over new
+    # grads alone costs 100 per step, which "grads new" takes off both implementations.
+    per_step = {"fused_mup": 400, "torch_fused": 1100, host_instructions.GRADS_ONLY: 100}
     monkeypatch.setattr(host_instructions.shutil, "which", lambda _: "/usr/bin/valgrind")
     monkeypatch.setattr(
         host_instructions,
@@ -38,11 +43,11 @@ def test_parent_differences_two_counts_per_run(monkeypatch, tmp_path):
         lambda impl, workload, mode, steps, warmup: 10**9 + per_step[impl] * (steps + warmup),
     )
     cfg = HostInstructionsConfig(workloads=["150x4096"], steps=50, progress=False, out=tmp_path)
-    results = run_host_instructions(cfg)
-    assert [r["grads"] for r in results["rows"]] == ["grads kept", "grads new"]
-    for row in results["rows"]:
-        assert row["instructions_per_step"] == {"fused_mup": 300.0, "torch_fused": 1000.0}
-        assert row["ratio_vs_torch_fused"] == pytest.approx(0.3)
+    kept, new = run_host_instructions(cfg)["rows"]
+    assert (kept["grads"], new["grads"]) == ("grads kept", "grads new")
+    assert kept["instructions_per_step"] == {"fused_mup": 400.0, "torch_fused": 1100.0}
+    assert new["instructions_per_step"] == {"fused_mup": 300.0, "torch_fused": 1000.0}
+    assert new["ratio_vs_torch_fused"] == pytest.approx(0.3)
     assert (
         "| 150x4096 | 5 | grads new | 300 | 1,000 | **0.30** |"
         in (tmp_path / "results.md").read_text()
