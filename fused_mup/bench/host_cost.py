@@ -34,7 +34,7 @@ from fused_mup import launcher
 from fused_mup.bench.environment import device_slug, environment_info
 from fused_mup.bench.impls import BASELINE_IMPL, BuildContext, default_impls
 from fused_mup.bench.progress import progress_bar
-from fused_mup.bench.results import write_json
+from fused_mup.bench.results import write_json_and_markdown
 from fused_mup.bench.timing import interleaved_times, quantiles, sync
 from fused_mup.bench.workloads import Workload, allocate_params, many_small_workload
 
@@ -221,9 +221,7 @@ def run_host_cost(cfg: HostCostConfig) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
     results = {"meta": meta, "rows": rows}
-    if cfg.out is not None:
-        write_json(results, Path(cfg.out) / "results.json")
-        (Path(cfg.out) / "results.md").write_text(format_host_cost(results))
+    write_json_and_markdown(results, cfg.out, format_host_cost)
     return results
 
 

@@ -33,7 +33,7 @@ from fused_mup.bench.host_cost import (
 )
 from fused_mup.bench.impls import BASELINE_IMPL
 from fused_mup.bench.progress import progress_bar
-from fused_mup.bench.results import write_json
+from fused_mup.bench.results import write_json_and_markdown
 
 __all__ = [
     "HostInstructionsConfig",
@@ -159,9 +159,7 @@ def run_host_instructions(cfg: HostInstructionsConfig) -> dict[str, Any]:
                 }
             )
     results = {"meta": meta, "rows": rows}
-    if cfg.out is not None:
-        write_json(results, Path(cfg.out) / "results.json")
-        (Path(cfg.out) / "results.md").write_text(format_host_instructions(results))
+    write_json_and_markdown(results, cfg.out, format_host_instructions)
     return results
 
 

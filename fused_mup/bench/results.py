@@ -7,6 +7,7 @@ stays under 100 columns; the JSON holds every figure.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "format_markdown",
     "format_text_table",
     "write_json",
+    "write_json_and_markdown",
     "write_outputs",
 ]
 
@@ -213,6 +215,15 @@ def write_json(data: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def write_json_and_markdown(
+    results: dict[str, Any], out: Path | None, render: Callable[[dict[str, Any]], str]
+) -> None:
+    """``out/results.json`` and ``out/results.md`` (``render(results)``); nothing if out is None."""
+    if out is not None:
+        write_json(results, Path(out) / "results.json")
+        (Path(out) / "results.md").write_text(render(results))
 
 
 def write_outputs(results: dict[str, Any], out: Path, plot: bool = True) -> list[Path]:
