@@ -21,8 +21,14 @@ __all__ = ["IGNORED_KEYS_ATTR", "ignored_key_problems", "install_ignored_keys_ho
 #: A class attribute that says the optimizer applies fused_mup's group keys itself.
 IGNORED_KEYS_ATTR = "_applies_fused_mup_group_keys"
 
-# optimizer -> the param_groups list last checked (a new list after load_state_dict)
-_checked: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
+# optimizer -> (id, length) of the param_groups list last checked: load_state_dict makes a new
+# list, add_param_group a longer one.
+_checked: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[int, int]] = (
+    weakref.WeakKeyDictionary()
+)
+# Where wrappers (ZeroRedundancyOptimizer, Lookahead, accelerate, Lightning) keep the optimizer
+# that steps the shared groups.
+_INNER = ("optim", "optimizer", "_optimizer", "base_optimizer")
 _installed = False
 
 
@@ -35,23 +41,38 @@ def ignored_key_problems(group: dict[str, Any]) -> list[str]:
     problems = []
     lr_mult = _num(group.get("lr_mult", 1.0))
     if lr_mult != 1.0:
-        problems.append(f"lr_mult={lr_mult:g}")
+        problems.append(f"lr_mult={lr_mult!r}")
     decays = _num(group.get("weight_decay", 0.0)) != 0.0
     wd_mult = _num(group.get("wd_mult", 1.0))
     if decays and wd_mult != 1.0:
-        problems.append(f"wd_mult={wd_mult:g}")
+        problems.append(f"wd_mult={wd_mult!r}")
     if decays and group.get("weight_decay_mode", "coupled") == "independent":
         problems.append("weight_decay_mode='independent'")
     return problems
 
 
+def _applies_keys(optimizer: Any) -> bool:
+    if getattr(type(optimizer), IGNORED_KEYS_ATTR, False):
+        return True
+    return any(getattr(type(getattr(optimizer, a, None)), IGNORED_KEYS_ATTR, False) for a in _INNER)
+
+
 def _warn_if_ignored(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    if torch.compiler.is_compiling() or getattr(type(optimizer), IGNORED_KEYS_ATTR, False):
+    if torch.compiler.is_compiling():
         return
-    groups = optimizer.param_groups
-    if _checked.get(optimizer) == id(groups):
+    try:  # never break another optimizer's step (unhashable subclasses, odd group values)
+        groups = optimizer.param_groups
+        seen = (id(groups), len(groups))
+        if _checked.get(optimizer) == seen:
+            return
+        _checked[optimizer] = seen
+        if not _applies_keys(optimizer):
+            _warn_groups(optimizer, groups)
+    except (TypeError, ValueError, AttributeError):
         return
-    _checked[optimizer] = id(groups)
+
+
+def _warn_groups(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
     for index, group in enumerate(groups):
         problems = ignored_key_problems(group)
         if problems:
@@ -62,7 +83,7 @@ def _warn_if_ignored(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -
                 "fused_mup.to_torch_state_dict(state_dict); for preset groups, use "
                 "fused_mup.param_groups(..., bake=True); or use fused_mup.AdamW.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return
 

@@ -97,3 +97,44 @@ def test_baked_groups_and_neutral_keys_do_not_warn():
 def test_fused_adamw_declares_it_applies_the_keys():
     assert getattr(fused_mup.AdamW, IGNORED_KEYS_ATTR) is True
     assert not getattr(torch.optim.AdamW, IGNORED_KEYS_ATTR, False)
+
+
+def test_a_group_added_after_the_first_step_is_checked():
+    model = _model()
+    opt = torch.optim.AdamW([model[0].weight], lr=1e-3)
+    assert _step(opt, model) == []
+    opt.add_param_group({"params": list(model.parameters())[1:], "lr_mult": 8.0})
+    (w,) = _step(opt, model)
+    assert "param group 1 carries fused_mup's lr_mult=8.0" in str(w.message)
+
+
+def test_wrappers_around_fused_adamw_do_not_warn():
+    """ZeroRedundancyOptimizer (``.optim``), Lookahead-style (``.base_optimizer``) wrappers share
+    the groups with the fused_mup.AdamW they step, which applies the keys."""
+
+    class Wrapper(torch.optim.Optimizer):
+        def __init__(self, inner, attr):
+            super().__init__(inner.param_groups, {})
+            self.param_groups = inner.param_groups  # shared, as ZeRO and Lookahead share them
+            setattr(self, attr, inner)
+
+        def step(self, closure=None):
+            (self.optim if hasattr(self, "optim") else self.base_optimizer).step()
+
+    for attr in ("optim", "base_optimizer"):
+        model = _model()
+        inner = fused_mup.AdamW([{"params": list(model.parameters()), "lr_mult": 0.25}])
+        assert _step(Wrapper(inner, attr), model) == []
+        plain = torch.optim.SGD([{"params": list(model.parameters()), "lr_mult": 0.25}], lr=0.1)
+        assert _step(Wrapper(plain, attr), model)  # the wrapped SGD ignores it: warned
+
+
+def test_the_hook_never_breaks_another_optimizers_step():
+    class Unhashable(torch.optim.SGD):
+        __hash__ = None  # e.g. a subclass that defines __eq__
+
+    model = _model()
+    _step(Unhashable(model.parameters(), lr=0.1), model)
+    odd = torch.optim.SGD([{"params": list(model.parameters()), "lr_mult": None}], lr=0.1)
+    (w,) = _step(odd, model)
+    assert "lr_mult=None" in str(w.message)

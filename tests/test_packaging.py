@@ -25,7 +25,11 @@ def test_installed_package_has_kernels_subpackage_only(tmp_path):
         "import importlib.util, fused_mup.kernels as k;"
         "assert k.adamw_kernel is not None;"
         + NOT_OURS.format(ours=[str(ROOT / "kernels" / "__init__.py")])
-        + "print(k.__name__)"
+        # The editable finder comes after site-packages on sys.meta_path, so a PyPI `kernels`
+        # would hide a top-level mapping of ours from find_spec: read its mapping directly.
+        + "import sys;"
+        "maps = [getattr(sys.modules.get(f.__module__), 'MAPPING', {}) for f in sys.meta_path];"
+        "assert not any('kernels' in m for m in maps), maps;" + "print(k.__name__)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False

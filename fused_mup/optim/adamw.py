@@ -60,7 +60,9 @@ class AdamW(torch.optim.Optimizer):
     Args:
         params: iterable of tensors, of dicts (param groups), or of (name, tensor) pairs.
         lr, betas, eps, weight_decay, amsgrad, maximize: as in torch.optim.AdamW.
-        foreach, fused: accepted for compatibility and ignored: the update is always fused.
+        foreach, fused: accepted for compatibility and ignored (the update is always fused),
+            except where torch refuses a combination: ``fused`` with ``foreach`` or
+            ``differentiable``, and ``fused=True`` with meta params, raise torch's errors.
         capturable: build the group table on the device from tensor LRs (``lr`` may be a
             device tensor that schedulers ``fill_``), so that ``step()`` can be captured in a
             CUDA graph and replayed. Warm up with eager steps before capturing; grads must be
@@ -239,7 +241,8 @@ class AdamW(torch.optim.Optimizer):
     # ---- the step ----------------------------------------------------------------------------
 
     def step(self, closure=None):
-        """Performs a single optimization step: one kernel launch per bucket.
+        """Performs a single optimization step: one kernel launch per bucket (with
+        ``differentiable=True``, torch's single-tensor AdamW per group, under autograd).
 
         Args:
             closure: reevaluates the model and returns the loss (optional).

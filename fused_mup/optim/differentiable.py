@@ -42,6 +42,11 @@ def differentiable_step(opt: PlannedOptimizer) -> None:
             if p.grad is None:
                 continue
             where = param_name(opt.param_groups, gi, pi)
+            if p.grad.is_sparse:  # before anything is touched, as the other paths
+                raise RuntimeError(
+                    "AdamW does not support sparse gradients, please consider SparseAdam "
+                    f"instead ({where})"
+                )
             mode = update_mode(p, group, where)
             if mode.aux_key is not None:
                 _refuse(f"bf16_update={mode.name!r}", where)
@@ -72,7 +77,7 @@ def differentiable_step(opt: PlannedOptimizer) -> None:
             max_exp_avg_sqs,
             steps,
             foreach=False,
-            capturable=False,
+            capturable=group["capturable"],  # and torch's checks of it
             differentiable=True,
             fused=False,
             has_complex=any(torch.is_complex(p) for p in params),

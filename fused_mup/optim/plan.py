@@ -134,8 +134,8 @@ class Plan:
     # optimizer_to(device) offload snippet) moves a storage without touching optimizer.state.
     state_tensors: list[Tensor] = field(default_factory=list)
     state_addresses: list[int] = field(default_factory=list)
-    # Flat indices of contiguous (non-DTensor) params with a grad-copy flag: a new contiguous
-    # grad needs no stride check for them.
+    # Flat indices of (non-DTensor) params with a grad-copy flag that were contiguous when the
+    # plan was built: a new contiguous grad of one still contiguous needs no stride check.
     contiguous_params: frozenset[int] = frozenset()
 
 
@@ -402,7 +402,7 @@ class Planner:
                 contiguous = plan.contiguous_params
                 for i in moved:
                     g = grads[i]
-                    if i in contiguous and g.is_contiguous():
+                    if i in contiguous and g.is_contiguous() and params[i].is_contiguous():
                         copies[i] = False  # the common case: one memory order, no copy
                     else:
                         copies[i] = local(g).stride() != layout_strides(local(params[i]))

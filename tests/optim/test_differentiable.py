@@ -126,3 +126,23 @@ def test_what_differentiable_does_not_take_is_refused_by_name():
         fused_mup.AdamW([q], differentiable=True).clip_grad_norm_(1.0)
     with pytest.raises(RuntimeError, match="`fused` does not support `differentiable`"):
         fused_mup.AdamW([q], differentiable=True, fused=True)
+
+
+def test_sparse_grads_are_refused_before_anything_changes():
+    p = torch.randn(4, 3)
+    before = p.clone()
+    opt = fused_mup.AdamW([p], differentiable=True)
+    p.grad = torch.randn(4, 3).to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    assert torch.equal(p, before) and len(opt.state[p]) == 0
+
+
+def test_capturable_reaches_torchs_checks():
+    """capturable=True goes to torch's AdamW, which refuses CPU steps for it, as torch.optim.AdamW
+    (differentiable=True, capturable=True) does on the CPU."""
+    for cls in (torch.optim.AdamW, fused_mup.AdamW):
+        p = torch.randn(3)
+        p.grad = torch.randn(3)
+        with pytest.raises(AssertionError, match="capturable=True"):
+            cls([p], differentiable=True, capturable=True).step()
