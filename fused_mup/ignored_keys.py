@@ -4,7 +4,8 @@ torch's optimizers skip group keys they do not know. A ``fused_mup.AdamW`` check
 ``torch.optim.AdamW``, or ``param_groups(model, "mup")`` without ``bake=True`` given to any torch
 optimizer, would then train at the unmultiplied lr and decay, silently. A global step pre-hook
 (registered once, when fused_mup's optimizer or presets are imported) warns on the first step
-of such an optimizer, and again only if its groups are replaced (``load_state_dict``).
+of such an optimizer, and again only if its groups are replaced (``load_state_dict``) or grow
+(``add_param_group``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _applies_keys(optimizer: Any) -> bool:
 
 
 def _warn_if_ignored(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    if torch.compiler.is_compiling():
+    # fused_mup.AdamW's own steps leave at the first check: one class attribute lookup.
+    if getattr(type(optimizer), IGNORED_KEYS_ATTR, False) or torch.compiler.is_compiling():
         return
     try:  # never break another optimizer's step (unhashable subclasses, odd group values)
         groups = optimizer.param_groups
