@@ -1,4 +1,4 @@
-"""The GPU targets (issue 11), each a ratio of two figures measured in the same run.
+"""The GPU targets, each a ratio of two figures measured in the same run.
 
 Shown, never asserted: on the CPU or in smoke mode they are listed with ``met = None``.
 Every target has a stable id, so a script can find its row in ``results.json``.
