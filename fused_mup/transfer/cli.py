@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/transfer.md). Resumable. Lists: comma- or space-separated.",
     )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="2 seeds, <= 10 min on a 2-core CPU")
+    size.add_argument("--quick", action="store_true", help="3 seeds, <= 10 min on a 2-core CPU")
+    size.add_argument(
+        "--standard",
+        action="store_true",
+        help="3 seeds, widths to 256, 409,600 tokens per run: <= 2 h on a 2-core CPU",
+    )
     size.add_argument("--full", action="store_true", help="one GPU (default)")
     p.add_argument(
         "--experiment",
@@ -140,11 +145,13 @@ def spec_from_args(
         kw["heads"] = 1  # unused: heads follow the width
     if a.experiment == "weight-decay":
         kw.pop("weight_decay", None)  # the "on" arm's value, not the spec's
-        spec = weight_decay_spec(quick=a.quick, **kw)
+        spec = weight_decay_spec(quick=a.quick, standard=a.standard, **kw)
     elif a.experiment == "vocab":
         spec = vocab_spec(quick=a.quick, **kw)
     else:
-        spec = SweepSpec.quick(**kw) if a.quick else SweepSpec.full(**kw)
+        spec = (
+            SweepSpec.quick if a.quick else SweepSpec.standard if a.standard else SweepSpec.full
+        )(**kw)
     problem = spec_problem(spec)
     if problem:
         parser.error(problem)
@@ -192,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser.parse_args(protect_negative_values(argv, LIST_OPTIONS))
-    size = "quick" if a.quick else "full"
+    size = "quick" if a.quick else "standard" if a.standard else "full"
     name = size if a.experiment == "width" else f"{a.experiment}-{size}"
     out = Path(a.out or f"runs/transfer/{name}")
     if a.tokenizers is not None:

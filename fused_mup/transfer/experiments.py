@@ -38,9 +38,10 @@ __all__ = [
 VOCAB_TOKENIZERS = ("bytes", "bpe-2048", "bpe-8192")
 
 
-def weight_decay_spec(quick: bool = True, **kw: Any) -> SweepSpec:
+def weight_decay_spec(quick: bool = True, standard: bool = False, **kw: Any) -> SweepSpec:
     """The WD experiment's sweep (the "off" arm): fixed tokens per parameter, so wider
-    models train longer, as in the paper's setting. ``quick``: sized for a 2-core CPU."""
+    models train longer, as in the paper's setting. ``quick``: sized for a 2-core CPU, 3
+    seeds; ``standard``: the same grid with 6 seeds (~20 CPU-min), for power."""
     base: dict[str, Any] = dict(
         presets=("sp", "mup_lr"),
         tokens=None,
@@ -49,12 +50,12 @@ def weight_decay_spec(quick: bool = True, **kw: Any) -> SweepSpec:
         weight_decay_mode="coupled",
         name="weight-decay",
     )
-    if quick:
+    if quick or standard:
         base.update(
             widths=(16, 32, 64),
             base_width=16,
             lrs=pow2(-8, -3),
-            seeds=(0, 1),
+            seeds=tuple(range(6 if standard else 3)),
             depth=2,
             heads=2,
             context=32,

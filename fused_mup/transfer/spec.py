@@ -12,9 +12,12 @@ from fused_mup.tiny_gpt import count_params
 from fused_mup.transfer.data import load_corpus
 from fused_mup.transfer.train import RunConfig
 
-__all__ = ["PRESETS", "SweepSpec", "pow2"]
+__all__ = ["HEADLINE", "PRESETS", "SweepSpec", "pow2"]
 
 PRESETS = ("sp", "mup", "mup_lr", "sp_emb", "sp_emb_sqrt")
+# The presets that decide the headline (rule H): their runs go first, so a sweep cut short
+# still answers it.
+HEADLINE = ("sp", "mup_lr", "sp_emb")
 
 
 def pow2(lo: int, hi: int) -> tuple[float, ...]:
@@ -62,11 +65,11 @@ class SweepSpec:
 
     @classmethod
     def quick(cls, **kw: Any) -> SweepSpec:
-        """The ``--quick`` sweep: 2 seeds, <= 10 min on a 2-core CPU (docs/transfer.md)."""
+        """The ``--quick`` sweep: 3 seeds, <= 10 min on a 2-core CPU (docs/transfer.md)."""
         base: dict[str, Any] = dict(
             widths=(16, 32, 64, 128),
             lrs=pow2(-10, -4),
-            seeds=(0, 1),
+            seeds=(0, 1, 2),
             depth=2,
             heads=2,
             context=32,
@@ -77,6 +80,33 @@ class SweepSpec:
             max_bytes=2_000_000,
             device="cpu",
             name="quick",
+        )
+        base.update(kw)
+        return cls(**base)
+
+    @classmethod
+    def standard(cls, **kw: Any) -> SweepSpec:
+        """The ``--standard`` sweep: 3 seeds, widths 32-256, 409,600 tokens per run (8x the
+        quick horizon), sized for <= 2 h on an idle 2-core CPU (docs/transfer.md "Tiers").
+
+        The LR grid 2^-10 .. 2^-4 covers sp's optimum at d=256 (2^-8 on the quick run's
+        m = 8) and mup_lr's at the base width (2^-4 .. 2^-5); the quick grid's edges beyond
+        those were never optimal and are trimmed.
+        """
+        base: dict[str, Any] = dict(
+            widths=(32, 64, 128, 256),
+            lrs=pow2(-10, -4),
+            seeds=(0, 1, 2),
+            depth=2,
+            heads=4,
+            context=64,
+            batch=32,
+            base_width=32,
+            tokens=32 * 64 * 200,  # 200 steps: 409,600 tokens
+            eval_batches=16,
+            max_bytes=2_000_000,
+            device="cpu",
+            name="standard",
         )
         base.update(kw)
         return cls(**base)

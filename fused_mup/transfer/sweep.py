@@ -17,7 +17,7 @@ from typing import Any
 
 from fused_mup.tiny_gpt import flops_per_token
 from fused_mup.transfer.data import parse_tokenizer
-from fused_mup.transfer.spec import SweepSpec
+from fused_mup.transfer.spec import HEADLINE, SweepSpec
 from fused_mup.transfer.train import RunConfig, train_run
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "load_results",
     "load_timing",
     "run_key_id",
+    "run_order",
     "run_sweep",
 ]
 
@@ -88,9 +89,10 @@ def _run_one(cfg: RunConfig) -> dict[str, Any]:
 
 
 # Sustained throughput of one CPU core on these tiny models, in _cost units per CPU-second:
-# 2.6e10 on the committed --quick run (1.89e13 units in 716 CPU-s). Used only for the estimate
-# printed before a sweep starts (and the --yes guard), so it assumes idle cores.
-CPU_COST_PER_S = 2.6e10
+# 6.5e10 for a d=256 --standard run and 5.5e10 for d=64 (65 and 6 CPU-s, 2-core Xeon at load
+# ~2.8). Used only for the estimate printed before a sweep starts (and the --yes guard), so
+# it assumes the cores are not shared.
+CPU_COST_PER_S = 6e10
 # Per-run cost that does not scale with FLOPs (model build, evaluation, Python), in the same
 # units: about one second of a CPU core, which dominates the narrowest runs.
 OVERHEAD = 2e10
@@ -103,6 +105,13 @@ def _cost(cfg: RunConfig) -> float:
         cfg.width, cfg.depth, cfg.context, parse_tokenizer(cfg.tokenizer) or 256
     )
     return (cfg.steps + cfg.eval_batches / 3) * cfg.batch * cfg.context * per_token + OVERHEAD
+
+
+def run_order(cfg: RunConfig) -> tuple[bool, int, float]:
+    """Sort key of the work list: headline presets first, then seed by seed (a sweep cut
+    short leaves whole seeds, which a partial report can use), and biggest run first within
+    that (the pool then ends on short runs and idles less)."""
+    return (cfg.preset not in HEADLINE, cfg.seed, -_cost(cfg))
 
 
 def estimate_seconds(spec: SweepSpec, out_dir: str | Path | None = None, jobs: int = 1) -> float:
@@ -152,8 +161,7 @@ def run_sweep(
     runs = spec.runs()
     done = {rec.get("id") for rec in load_results(results)}
     todo = [c for c in runs if run_key_id(c.key()) not in done]
-    # Biggest first: the pool then ends on short runs and idles less.
-    todo.sort(key=_cost, reverse=True)
+    todo.sort(key=run_order)
     jobs = default_jobs(spec.device) if jobs is None else max(1, jobs)
     total = sum(_cost(c) for c in todo)
     bar = _Progress(total, len(todo), len(runs) - len(todo), enabled=progress)
