@@ -14,6 +14,7 @@ import contextlib
 import functools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +25,6 @@ from fused_mup.kernels.tables import (
     CLIP_SLOTS,
     GROUP_COLS,
     GROUP_TABLE_COLS,
-    STATE_ADDRESS_COLS,
     TENSOR_COLS,
     ChunkCol,
     ClipSlot,
@@ -40,18 +40,14 @@ __all__ = [
     "KernelConfig",
     "TensorSlot",
     "build_bucket",
-    "group_table",
     "launch",
     "launch_grad_norm",
     "no_clip",
     "require_triton",
     "triton_available_for",
     "update_grad_addresses",
+    "upload_group_table",
 ]
-
-# Byte alignment under which the kernels use 16-byte vector accesses. They check it per tensor
-# on the device, from the addresses in the table; the launcher records it only for inspection.
-ALIGNMENT = 16
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,6 @@ class Bucket:
     storages: list
     partials: torch.Tensor  # fp32 [n_programs + n_runs], scratch of the grad-norm kernel
     norm_done_count: torch.Tensor  # int32 [1 + n_runs]
-    states_aligned: bool  # every param / state address is 16-byte aligned (informational)
     grad_addresses: list[int] = field(default_factory=list)
 
 
@@ -206,8 +201,6 @@ def build_bucket(
             chunks.append(chunk)
     table = torch.tensor(rows, dtype=torch.int64).reshape(n, TENSOR_COLS)
     chunk_host = torch.tensor(chunks, dtype=torch.int64).reshape(-1, CHUNK_COLS)
-    # Python ints, not the table: reading a tensor here would be a host read per build.
-    states_aligned = all(row[c] % ALIGNMENT == 0 for row in rows for c in STATE_ADDRESS_COLS)
     n_runs = -(-len(chunks) // config.block)
     return Bucket(
         key=key,
@@ -234,7 +227,6 @@ def build_bucket(
         # kernel's two-level reduction), and a counter for each level.
         partials=torch.empty(len(chunks) + n_runs, dtype=torch.float32, device=key.device),
         norm_done_count=torch.zeros(1 + n_runs, dtype=torch.int32, device=key.device),
-        states_aligned=states_aligned,
         grad_addresses=list(grad_addresses),
     )
 
@@ -248,18 +240,18 @@ def update_grad_addresses(bucket: Bucket, grad_addresses: list[int]) -> None:
     bucket.grad_addresses = list(grad_addresses)
 
 
-def group_table(values: list[float], device: torch.device, out: torch.Tensor | None):
-    """Uploads the per-group scalars: ``values`` holds GROUP_COLS per group in ``GroupCol``
-    order; the table adds the ``DerivedGroupCol`` columns (fp64, GROUP_TABLE_COLS per group)."""
-    given = torch.tensor(values, dtype=torch.float64).reshape(-1, GROUP_COLS)
+def upload_group_table(rows: Sequence[Sequence[float]], device: torch.device) -> torch.Tensor:
+    """The group table on ``device``: each row's ``GroupCol`` fields (an
+    :class:`~fused_mup.hyperparams.Effective`, or any sequence in ``GroupCol`` order),
+    then the ``DerivedGroupCol`` columns; fp64, ``GROUP_TABLE_COLS`` per group."""
+    given = torch.tensor([list(r[:GROUP_COLS]) for r in rows], dtype=torch.float64)
+    given = given.reshape(-1, GROUP_COLS)
     host = torch.empty(given.shape[0], GROUP_TABLE_COLS, dtype=torch.float64)
     host[:, :GROUP_COLS] = given
     # log(0) = -inf gives beta**step = 0, as it should for beta = 0.
     host[:, DerivedGroupCol.LOG_BETA1] = given[:, GroupCol.BETA1].log()
     host[:, DerivedGroupCol.LOG_BETA2] = given[:, GroupCol.BETA2].log()
-    if out is not None and out.shape != host.shape:
-        out = None
-    return _upload(host, device, out=out)
+    return _upload(host, device)
 
 
 def _device_guard(device: torch.device):

@@ -25,7 +25,6 @@ __all__ = [
     "CLIP_SLOTS",
     "GROUP_COLS",
     "GROUP_TABLE_COLS",
-    "STATE_ADDRESS_COLS",
     "TENSOR_COLS",
     "ChunkCol",
     "ClipSlot",
@@ -60,9 +59,10 @@ class ChunkCol(IntEnum):
 
 
 class GroupCol(IntEnum):
-    """Columns of the group table (fp64): the effective hyperparameters of one param group."""
+    """Columns of the group table (fp64): the effective hyperparameters of one param group,
+    named after the fields of ``fused_mup.hyperparams.Effective`` that fill them."""
 
-    LR = 0  # group lr times lr_mult
+    LR = 0  # Effective.lr: lr · lr_mult
     DECAY = 1  # fraction of the param removed by weight decay this step
     BETA1 = 2
     BETA2 = 3
@@ -99,14 +99,6 @@ CHUNK_COLS = len(ChunkCol)
 GROUP_COLS = len(GroupCol)  # values per group the optimizer passes to the launcher
 GROUP_TABLE_COLS = GROUP_COLS + len(DerivedGroupCol)
 CLIP_SLOTS = len(ClipSlot)
-# Addresses the kernel may access with 16-byte vectors once the launcher checked them.
-STATE_ADDRESS_COLS = (
-    TensorCol.PARAM,
-    TensorCol.EXP_AVG,
-    TensorCol.EXP_AVG_SQ,
-    TensorCol.MAX_EXP_AVG_SQ,
-    TensorCol.AUX,
-)
 
 try:
     import triton

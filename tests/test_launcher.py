@@ -28,7 +28,7 @@ def _slot(n, device, dtype=torch.float32):
 
 
 def _launch(bucket, device, config):
-    groups = launcher.group_table(GROUP, torch.device(device), out=None)
+    groups = launcher.upload_group_table([GROUP], torch.device(device))
     one = torch.ones(1, device=device)
     zero = torch.zeros(1, device=device)
     launcher.launch(bucket, groups, one, zero, config)

@@ -3,7 +3,7 @@
 from fused_mup.ignored_keys import install_ignored_keys_hook
 from fused_mup.launcher import KernelConfig
 from fused_mup.optim.adamw import AdamW
-from fused_mup.optim.group_table import to_torch_state_dict
+from fused_mup.optim.to_torch import to_torch_state_dict
 
 __all__ = ["AdamW", "KernelConfig", "to_torch_state_dict"]
 

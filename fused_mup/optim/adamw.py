@@ -21,7 +21,7 @@ from fused_mup.launcher import KernelConfig
 from fused_mup.optim.clip import PendingClip, fused_grad_norm, take_scaler
 from fused_mup.optim.cpu_fused import cpu_fused_step
 from fused_mup.optim.differentiable import differentiable_step
-from fused_mup.optim.group_table import GroupTables, group_row, group_scalars
+from fused_mup.optim.group_table import GroupTableCache, host_effective
 from fused_mup.optim.modes import update_mode
 from fused_mup.optim.plan import Plan, Planner, cpu_fused_grads, real_view
 from fused_mup.optim.state import CountingStateDict
@@ -153,7 +153,7 @@ class AdamW(torch.optim.Optimizer):
         """The derived, rebuildable attributes: listed once, for __init__ and unpickling."""
         self._planner = Planner()
         self._pending_clip: PendingClip | None = None
-        self._group_tables = GroupTables()
+        self._group_table_cache = GroupTableCache()
         self._generators: dict[torch.device, torch.Generator] = {}
         self._amp_defaults: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
@@ -186,7 +186,8 @@ class AdamW(torch.optim.Optimizer):
                 # As torch: a plain-number step (older or hand-written checkpoints) becomes a
                 # tensor, here on the param's device where the kernel counts it.
                 p_state = self.state.get(p)
-                if isinstance(p_state, dict) and not torch.is_tensor(p_state.get("step", 0)):
+                step = p_state.get("step") if isinstance(p_state, dict) else None
+                if step is not None and not torch.is_tensor(step):
                     p_state["step"] = torch.tensor(
                         float(p_state["step"]), dtype=torch.float32, device=p.device
                     )
@@ -407,16 +408,16 @@ def adamw(
     the CPU tensors it takes, the plain twin for the rest."""
     groups = opt.param_groups
     capturable = any(g["capturable"] for g in groups)
-    values = group_scalars(groups) if plan.unlaunched or not capturable else []
+    rows = host_effective(groups) if plan.unlaunched or not capturable else []
     for param, staging in plan.staged:
         staging.copy_(param)
     for bucket, _ in plan.buckets:
         device = bucket.key.device
         scale, inf = opt._amp_tensors(device, grad_scale, found_inf)
         if capturable:
-            table = opt._group_tables.capturable(groups, device)
+            table = opt._group_table_cache.capturable(groups, device)
         else:
-            table = opt._group_tables.get(device, values)
+            table = opt._group_table_cache.get(device, rows)
         launcher.launch(bucket, table, scale, inf, opt.kernel_config, clip=clip, seed=opt.seed)
     for param, staging in plan.staged:
         param.copy_(staging)
@@ -427,7 +428,7 @@ def adamw(
             cpu_fused_step(
                 fused,
                 cpu_fused_grads(plan, fused, params, grads),
-                group_row(values, fused.group),
+                rows[fused.group],
                 grad_scale,
                 found_inf,
                 clip,
@@ -437,7 +438,7 @@ def adamw(
         group = groups[ref.group]
         p = group["params"][ref.index]
         state = opt.state[p]
-        lr_eff, decay, beta1, beta2, eps = group_row(values, ref.group)
+        eff = rows[ref.group]
         mode = update_mode(p, group, "")
         adamw_step_(
             real_view(p),
@@ -446,11 +447,11 @@ def adamw(
             real_view(state["exp_avg_sq"]),
             real_view(state["max_exp_avg_sq"]) if group["amsgrad"] else None,
             state["step"],
-            lr=lr_eff,
-            decay=decay,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
+            lr=eff.lr,
+            decay=eff.decay,
+            beta1=eff.beta1,
+            beta2=eff.beta2,
+            eps=eff.eps,
             maximize=group["maximize"],
             grad_scale=grad_scale,
             found_inf=found_inf,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from fused_mup.hyperparams import Effective
 from fused_mup.kernels.tables import ClipSlot, Update
 
 __all__ = ["CpuFusedGroup", "cpu_fused_step", "takes"]
@@ -64,14 +65,14 @@ def _grad_divisor(grad_scale: Tensor | None, clip: Tensor | None) -> Tensor | No
 def cpu_fused_step(
     fused: CpuFusedGroup,
     grads: list[Tensor],
-    row: list[float],
+    eff: Effective,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
     clip: Tensor | None,
 ) -> None:
     """One group's step: ``grads`` match ``fused.params`` (real, local, same strides), ``row``
-    is the group's row of the group table (lr, decay, beta1, beta2, eps)."""
-    lr, decay, beta1, beta2, eps = row
+    is the group's :func:`~fused_mup.hyperparams.effective` hyperparameters."""
+    lr, decay = eff.lr, eff.decay
     divisor = _grad_divisor(grad_scale, clip)
     found = None if found_inf is None else found_inf.reshape(1).float()
     if lr > 0:
@@ -92,10 +93,10 @@ def cpu_fused_step(
         fused.max_exp_avg_sqs,
         fused.steps,
         lr=lr,
-        beta1=beta1,
-        beta2=beta2,
+        beta1=eff.beta1,
+        beta2=eff.beta2,
         weight_decay=weight_decay,
-        eps=eps,
+        eps=eff.eps,
         amsgrad=fused.amsgrad,
         maximize=fused.maximize,
         grad_scale=divisor,

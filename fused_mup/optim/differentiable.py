@@ -4,7 +4,7 @@ The kernel and torch's fused CPU kernel update in place outside autograd, so a d
 step (meta-learning through the update) goes through ``torch.optim.adamw.adamw`` one group at a
 time, with fused_mup's group keys turned into the plain ``lr`` / ``weight_decay`` it takes:
 ``lr · lr_mult``, and the weight decay whose torch decay ``lr_eff · weight_decay`` is ours
-(:func:`~fused_mup.optim.group_table.torch_weight_decay`). It is torch's code, not ours, so it
+(:attr:`~fused_mup.hyperparams.Effective.torch_weight_decay`). It is torch's code, not ours, so it
 keeps torch's per-op rounding and host reads of the step.
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim.adamw import adamw as torch_adamw
 
-from fused_mup.optim.group_table import peak_lr, torch_weight_decay
+from fused_mup.hyperparams import effective, peak_lr
 from fused_mup.optim.modes import update_mode
 from fused_mup.optim.plan import PlannedOptimizer, param_name
 from fused_mup.optim.state import prepare_state
@@ -66,9 +66,10 @@ def differentiable_step(opt: PlannedOptimizer) -> None:
             steps.append(state["step"])
         if not params:
             continue
-        lr = group["lr"]
+        lr = group["lr"]  # a tensor lr keeps its graph through lr_eff
         peak = peak_lr(group, float(lr)) if group["weight_decay_mode"] == "independent" else 0.0
-        beta1, beta2 = group["betas"]
+        eff = effective(group, lr, peak=peak)
+        beta1, beta2 = group["betas"]  # as given: tensor betas keep their graph too
         torch_adamw(
             params,
             grads,
@@ -84,8 +85,8 @@ def differentiable_step(opt: PlannedOptimizer) -> None:
             amsgrad=group["amsgrad"],
             beta1=beta1,
             beta2=beta2,
-            lr=lr * group["lr_mult"],
-            weight_decay=torch_weight_decay(group, peak),
-            eps=group["eps"],
+            lr=eff.lr,
+            weight_decay=eff.torch_weight_decay,
+            eps=eff.eps,
             maximize=group["maximize"],
         )
