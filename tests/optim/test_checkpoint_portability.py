@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -110,3 +111,57 @@ def test_raw_checkpoint_in_torch_would_run_at_the_unmultiplied_lr():
     assert ref.param_groups[0]["lr"] == 1e-2  # silently 4x too small
     ref.load_state_dict(fused_mup.to_torch_state_dict(opt.state_dict()))
     assert ref.param_groups[0]["lr"] == pytest.approx(4e-2)
+
+
+def test_to_torch_state_dict_names_its_argument_when_given_the_optimizer():
+    _, opt = _trained()
+    with pytest.raises(TypeError, match=r"to_torch_state_dict\(state_dict\).*got AdamW"):
+        fused_mup.to_torch_state_dict(opt)
+
+
+def _warmup_lr(t, lr_max=1e-2, warmup=50):  # nanoGPT: a hand-written warm-up, no scheduler
+    return lr_max * min(1.0, (t + 1) / warmup)
+
+
+def _decay_factors(opt, p, steps, start, lr_mult=1.0):
+    """Per-step p_{t+1} / p_t with zero grads (the Adam update is 0: decay alone moves p)."""
+    factors = []
+    for t in range(start, start + steps):
+        for g in opt.param_groups:
+            g["lr"] = _warmup_lr(t) * lr_mult
+        p.grad = torch.zeros_like(p)
+        before = p.detach().clone()
+        opt.step()
+        factors.append((p.detach() / before).mean().item())
+    return torch.tensor(factors, dtype=torch.float64)
+
+
+def test_independent_decay_checkpointed_during_a_hand_written_warm_up():
+    """A checkpoint at step 10 of a 50-step warm-up: the largest lr so far is a fifth of the
+    peak. Baked from it, torch decays by lr_max / peak_saved = 5x fused_mup's rate after the
+    warm-up (weight 0.41 against 0.82 after 200 steps). Given the schedule's peak, torch's rate
+    equals fused_mup's once the warm-up ends, and is never above it (during the warm-up
+    fused_mup's running peak is lr itself, a rate a fixed torch weight_decay cannot follow)."""
+    wd, lr_mult = 1e-3, 0.5
+    kw = dict(lr=1e-2, weight_decay=wd, weight_decay_mode="independent", backend="torch")
+    p = torch.ones(3, dtype=torch.float64, requires_grad=True)  # factors exact to 1e-15
+    opt = fused_mup.AdamW([{"params": [p], "lr_mult": lr_mult}], **kw)
+    _decay_factors(opt, p, 10, 0)
+    saved = opt.state_dict()
+    with pytest.warns(UserWarning, match="param group 0 has independent weight decay"):
+        fused_mup.to_torch_state_dict(saved)
+    ours = _decay_factors(opt, p, 190, 10)
+    assert ours.prod().item() * (1 - wd) ** 10 == pytest.approx(0.82, abs=0.005)
+    runs = {}
+    for name, peak in (("given", 1e-2), ("seen", None)):
+        q = torch.ones(3, dtype=torch.float64, requires_grad=True)
+        torch_opt = torch.optim.AdamW([q])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch_opt.load_state_dict(fused_mup.to_torch_state_dict(saved, peak_lr=peak))
+        runs[name] = _decay_factors(torch_opt, q, 190, 10, lr_mult)  # baked: lr · lr_mult
+    after = slice(40, None)  # steps 50..199, past the warm-up
+    torch.testing.assert_close(runs["given"][after], ours[after], rtol=0, atol=1e-12)
+    assert (runs["given"] >= ours - 1e-12).all(), "torch decayed more than fused_mup"
+    # The defect this pins: the running peak of step 10 as torch's reference, 5x the decay.
+    assert (1 - runs["seen"][after]).mean() == pytest.approx(5 * wd, rel=1e-3)
