@@ -76,8 +76,9 @@ def adamw_step_(
     new_step = step + (1.0 if ok is None else ok.to(step.dtype))
 
     t = new_step.to(scalar)
-    bias_correction1 = 1.0 - torch.pow(torch.tensor(beta1, dtype=scalar, device=t.device), t)
-    bias_correction2 = 1.0 - torch.pow(torch.tensor(beta2, dtype=scalar, device=t.device), t)
+    # Python bases: torch.tensor(beta, device=cuda) would be a host-to-device copy per call.
+    bias_correction1 = 1.0 - torch.pow(beta1, t)
+    bias_correction2 = 1.0 - torch.pow(beta2, t)
     neg_step_size = (-lr / bias_correction1).to(compute).to(param.device)
     bias_correction2_sqrt = bias_correction2.sqrt().to(compute).to(param.device)
     keep = torch.tensor(1.0 - decay, dtype=scalar).to(compute)

@@ -53,6 +53,9 @@ def fused_grad_norm(
 ) -> Tensor:
     """The clip buffer for ``max_norm``: one grad-norm launch per bucket, plus the plain twin
     for the tensors the kernel does not take, summed over ranks for sharded params."""
+    # GradScaler's scale lives where the loss was scaled, which need not be the grads' device
+    # (step() moves it too). A no-op when it is already there.
+    grad_scale = grad_scale.to(device, non_blocking=True)
     # Fresh per call: the returned norm and GradScaler's found_inf are views of it.
     clip = torch.empty(CLIP_SLOTS, dtype=torch.float32, device=device)
     for n, (bucket, _) in enumerate(plan.buckets):
