@@ -185,8 +185,6 @@ class AdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 # As torch: a plain-number step (older or hand-written checkpoints) becomes a
                 # tensor, here on the param's device where the kernel counts it.
-                # A param that never stepped may hold an empty state (reading opt.state[p] or
-                # DCP's flattened state dict creates one): nothing to convert, as in torch.
                 p_state = self.state.get(p)
                 step = p_state.get("step") if isinstance(p_state, dict) else None
                 if step is not None and not torch.is_tensor(step):
@@ -238,8 +236,14 @@ class AdamW(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch's; also drops a clip_grad_norm_() result that no step() consumed."""
-        self._pending_clip = None
+        if self._pending_clip is not None:  # a read, which Dynamo traces; the write may not be
+            self._drop_pending_clip()
         super().zero_grad(set_to_none)
+
+    # Dynamo (torch 2.11) refuses a setattr on the optimizer inside a compiled function.
+    @torch.compiler.disable
+    def _drop_pending_clip(self) -> None:
+        self._pending_clip = None
 
     # ---- the step ----------------------------------------------------------------------------
 
@@ -260,7 +264,6 @@ class AdamW(torch.optim.Optimizer):
         else:
             with torch.no_grad():
                 self._update()
-        self._step_supports_amp_scaling = False  # back to GradScaler's own unscale pass
         return loss
 
     # Dynamo cannot trace the launch (its tables hold raw addresses), so inside a compiled
@@ -293,6 +296,9 @@ class AdamW(torch.optim.Optimizer):
         refs = self._planner.point_at_grads(params, grads)
         adamw(self, plan, grads, grad_scale=grad_scale, found_inf=found_inf, clip=clip)
         del refs
+        # Back to GradScaler's own unscale pass. Here, not in step(): Dynamo (torch 2.11)
+        # refuses a setattr on the optimizer inside a compiled function that calls step().
+        self._step_supports_amp_scaling = False
 
     @torch.compiler.disable
     @torch.no_grad()
