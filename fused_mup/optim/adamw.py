@@ -185,6 +185,8 @@ class AdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 # As torch: a plain-number step (older or hand-written checkpoints) becomes a
                 # tensor, here on the param's device where the kernel counts it.
+                # A param that never stepped may hold an empty state (reading opt.state[p] or
+                # DCP's flattened state dict creates one): nothing to convert, as in torch.
                 p_state = self.state.get(p)
                 step = p_state.get("step") if isinstance(p_state, dict) else None
                 if step is not None and not torch.is_tensor(step):
