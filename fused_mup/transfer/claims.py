@@ -3,15 +3,15 @@
 Definitions and the verdict rules are written out in ``docs/transfer.md`` ("Claims and
 verdicts"); each function here names the rule it implements. numpy only.
 
-A verdict is one of :data:`VERDICTS`. Intervals are 95% percentile bootstrap intervals over
-seeds (the same seed draw for every cell of a replicate, as in
-:func:`fused_mup.transfer.metrics.bootstrap_metrics`).
+A verdict is one of :data:`VERDICTS`, decided by rule V
+(:func:`fused_mup.transfer.stats.decide`) on per-seed values: each claim's quantity is
+computed on every seed alone (:func:`fused_mup.transfer.stats.per_seed`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,27 +21,27 @@ from fused_mup.transfer.metrics import (
     compute_metrics,
     find_optimum,
     loss_at,
-    replicates,
+)
+from fused_mup.transfer.stats import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    VERDICTS,
+    decide,
+    per_seed,
 )
 
 __all__ = [
     "MOST",
     "VERDICTS",
-    "bootstrap",
     "claim_stats",
     "compute_summary",
-    "decide",
     "headline_verdicts",
+    "per_seed",
     "weight_decay_stats",
     "weight_decay_verdict",
 ]
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = (
-    "supported",
-    "not supported",
-    "inconclusive at these widths/seeds",
-)
-VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
 MOST = 0.5  # "recovers most of the advantage": closes at least half of SP's gap
 BASE = "sp"
 REFS = ("mup_lr", "mup")
@@ -57,6 +57,8 @@ def claim_stats(table: SweepTable, seed_idx: np.ndarray | None = None) -> dict[s
     """The per-width numbers behind the claims, on the seed mean (or a seed resample).
 
     Returns arrays (``[p, w]`` unless said otherwise, nan where undefined):
+        ``log2_eta_star``: log2 η*(d), the vertex of the parabola through the best grid LR
+            and its neighbours (nan where the optimum is at the grid edge: only a bound).
         ``L_star``: best loss L*(d) (the parabola's minimum, as for η*).
         ``best_index``: index of the best grid LR (-1 if none).
         ``gap_closed``: (L*_sp − L*_p) / (L*_sp − L*_mup_lr); ``gap_closed_vs_mup``: the same
@@ -73,7 +75,10 @@ def claim_stats(table: SweepTable, seed_idx: np.ndarray | None = None) -> dict[s
     P, W = len(table.presets), len(table.widths)
     L = np.array([[o.loss if o.status != "none" else np.nan for o in row] for row in opts])
     best = np.array([[o.index if o.status != "none" else -1 for o in row] for row in opts], float)
-    out: dict[str, np.ndarray] = {"L_star": L, "best_index": best}
+    eta = np.array(
+        [[o.log_eta / math.log(2) if o.status == "ok" else np.nan for o in row] for row in opts]
+    )
+    out: dict[str, np.ndarray] = {"log2_eta_star": eta, "L_star": L, "best_index": best}
     names = table.presets
     for ref, key in zip(REFS, ("gap_closed", "gap_closed_vs_mup"), strict=True):
         out[key] = np.full((P, W), np.nan)
@@ -107,127 +112,46 @@ def claim_stats(table: SweepTable, seed_idx: np.ndarray | None = None) -> dict[s
     return out
 
 
-def bootstrap(
-    table: SweepTable,
-    stat: Callable[[SweepTable, np.ndarray | None], dict[str, np.ndarray]],
-    n_boot: int = 200,
-    seed: int = 0,
-    level: float = 0.95,
-    progress: bool = False,
-) -> dict[str, np.ndarray] | None:
-    """Percentile intervals of every array ``stat`` returns: ``{key: array[..., 2]}``.
+def headline_verdicts(table: SweepTable, seeds: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Verdicts of the headline claim (rule H) and the stability claim (rule S) at d_max.
 
-    Each replicate draws ``len(seeds)`` seeds with replacement. An entry's interval is nan if
-    fewer than half the replicates give a finite value. None with fewer than 2 seeds.
+    ``seeds`` is :func:`per_seed` of :func:`claim_stats`. Rule H: μP's advantage must be
+    resolved (rule V on the per-seed gap L*_sp − L*_mup_lr > 0), then rule V on sp_emb's
+    per-seed gap share > :data:`MOST`. Rule S: rule V on the per-seed instability difference
+    sp_emb − sp < 0.
     """
-    S = len(table.seeds)
-    if S < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[np.ndarray]] = {}
-    for _ in replicates(n_boot, "bootstrap: claims", progress):
-        for k, v in stat(table, rng.integers(0, S, S)).items():
-            draws.setdefault(k, []).append(np.asarray(v, float))
-    out = {}
-    for k, vals in draws.items():
-        a = np.stack(vals)  # [n_boot, ...]
-        fin = np.isfinite(a)
-        with np.errstate(invalid="ignore"), _quiet():
-            lo = np.nanpercentile(np.where(fin, a, np.nan), 50 * (1 - level), axis=0)
-            hi = np.nanpercentile(np.where(fin, a, np.nan), 50 * (1 + level), axis=0)
-        ok = fin.sum(0) >= n_boot / 2
-        out[k] = np.stack([np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)], -1)
-    return out
-
-
-class _quiet:
-    # nanpercentile warns on all-nan slices, which the `ok` mask already handles
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
-
-
-def decide(lo: float, hi: float, threshold: float, higher_is_claim: bool = True) -> str:
-    """Rule V: the claim is "value > threshold" (or "< threshold"); the interval decides.
-
-    Supported if the whole interval is on the claim's side of the threshold, not supported if
-    the whole interval is on the other side, otherwise (or without an interval) inconclusive.
-    """
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return INCONCLUSIVE
-    if not higher_is_claim:
-        lo, hi, threshold = -hi, -lo, -threshold
-    if lo > threshold:
-        return SUPPORTED
-    if hi <= threshold:
-        return NOT_SUPPORTED
-    return INCONCLUSIVE
-
-
-def _iv(ci: dict[str, np.ndarray] | None, key: str, *idx: int) -> tuple[float, float]:
-    if ci is None or key not in ci:
-        return (math.nan, math.nan)
-    v = ci[key][idx]
-    return float(v[0]), float(v[1])
-
-
-def headline_verdicts(
-    table: SweepTable, stats: dict[str, np.ndarray], ci: dict[str, np.ndarray] | None
-) -> list[dict[str, Any]]:
-    """Verdicts of the headline claim (rule H) and the stability claim (rule S) at d_max."""
     names, w = table.presets, len(table.widths) - 1
     dmax = int(table.widths[-1])
     out = []
     if {"sp", "sp_emb", "mup_lr"} <= set(names):
         p = names.index("sp_emb")
-        gap_lo, gap_hi = _iv(ci, "gap", w)
-        g_lo, g_hi = _iv(ci, "gap_closed", p, w)
-        if decide(gap_lo, gap_hi, 0.0) != SUPPORTED:
+        gap = decide(seeds["gap"][w], 0.0)
+        share = decide(seeds["gap_closed"][p, w], MOST)
+        if gap["verdict"] != SUPPORTED:
             verdict = INCONCLUSIVE  # no resolved advantage of μP over SP to recover
         else:
-            verdict = decide(g_lo, g_hi, MOST)
+            verdict = share["verdict"]
         out.append(
             {
                 "claim": "sp_emb (embedding LR × m) recovers most of μP's advantage over SP",
                 "rule": "H",
                 "verdict": verdict,
-                "evidence": {
-                    "width": dmax,
-                    "gap_closed": _num(stats["gap_closed"][p, w]),
-                    "gap_closed_ci95": [_num(g_lo), _num(g_hi)],
-                    "gap_sp_minus_mup_lr": _num(stats["gap"][w]),
-                    "gap_ci95": [_num(gap_lo), _num(gap_hi)],
-                },
+                "n_seeds": share["n"],
+                "evidence": {"width": dmax, "gap_closed": share, "gap_sp_minus_mup_lr": gap},
             }
         )
     if {"sp", "sp_emb"} <= set(names) and "instability" in table.aux:
-        d = stats["instability_diff"][w]
-        lo, hi = _iv(ci, "instability_diff", w)
+        diff = decide(seeds["instability_diff"][w], 0.0, higher_is_claim=False)
         out.append(
             {
                 "claim": "sp_emb smooths out SP's training instabilities",
                 "rule": "S",
-                "verdict": decide(lo, hi, 0.0, higher_is_claim=False),
-                "evidence": {
-                    "width": dmax,
-                    "instability_sp": _num(stats["instability"][names.index("sp"), w]),
-                    "instability_sp_emb": _num(stats["instability"][names.index("sp_emb"), w]),
-                    "difference": _num(float(d)),
-                    "difference_ci95": [_num(lo), _num(hi)],
-                },
+                "verdict": diff["verdict"],
+                "n_seeds": diff["n"],
+                "evidence": {"width": dmax, "instability_sp_emb_minus_sp": diff},
             }
         )
     return out
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
 def compute_summary(table: SweepTable) -> dict[str, Any]:
@@ -280,23 +204,25 @@ def weight_decay_stats(
     return out
 
 
-def weight_decay_verdict(
-    presets: Sequence[str], stats: dict[str, np.ndarray], ci: dict[str, np.ndarray] | None
-) -> dict[str, Any]:
-    """Rule W: WD lowers E (better fits) and raises κ (less robust), per preset and overall."""
+def weight_decay_verdict(presets: Sequence[str], seeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Rule W: WD lowers E (better fits) and raises κ (less robust), per preset and overall.
+
+    ``seeds`` holds per-seed :func:`weight_decay_stats` (``[p, n_seeds]``); the two arms of a
+    seed share init and data order, so ΔE and Δκ are paired differences. Rule V on each.
+    """
     per: dict[str, Any] = {}
     votes = []
     for i, p in enumerate(presets):
-        e = decide(*_iv(ci, "dE", i), 0.0, higher_is_claim=False)
-        k = decide(*_iv(ci, "dkappa", i), 0.0)
-        if e == SUPPORTED and k == SUPPORTED:
+        e = decide(seeds["dE"][i], 0.0, higher_is_claim=False)
+        k = decide(seeds["dkappa"][i], 0.0)
+        if e["verdict"] == SUPPORTED and k["verdict"] == SUPPORTED:
             v = SUPPORTED
-        elif NOT_SUPPORTED in (e, k):
+        elif NOT_SUPPORTED in (e["verdict"], k["verdict"]):
             v = NOT_SUPPORTED
         else:
             v = INCONCLUSIVE
         votes.append(v)
-        per[p] = {"E": e, "kappa": k, "verdict": v}
+        per[p] = {"E": e["verdict"], "kappa": k["verdict"], "verdict": v, "dE": e, "dkappa": k}
     n = len(presets)
     if votes.count(SUPPORTED) > n / 2:
         overall = SUPPORTED

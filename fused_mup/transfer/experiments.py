@@ -15,16 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from fused_mup.transfer.claims import (
-    bootstrap,
-    claim_stats,
-    weight_decay_stats,
-    weight_decay_verdict,
-)
+from fused_mup.transfer.claims import claim_stats, weight_decay_stats, weight_decay_verdict
 from fused_mup.transfer.metrics import SweepTable
 from fused_mup.transfer.plots import pyplot
 from fused_mup.transfer.report import make_report
 from fused_mup.transfer.spec import SweepSpec, pow2
+from fused_mup.transfer.stats import INTERVAL_METHOD, MIN_SEEDS, per_seed, summarize
 from fused_mup.transfer.sweep import run_sweep
 
 __all__ = [
@@ -80,7 +76,8 @@ def run_weight_decay(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Run ``spec`` with weight decay off (``out/off``) and at ``weight_decay`` (``out/on``),
-    then compare E and κ per preset with paired bootstrap intervals and the rule-W verdict.
+    then compare E and κ per preset, seed by seed (the arms of a seed share init and data
+    order, so ΔE and Δκ are paired), and apply rule W.
 
     Returns:
         The dict written to ``weight_decay.json``.
@@ -100,24 +97,23 @@ def run_weight_decay(
         recs, label=lambda k: k["preset"] + ("|wd" if k["weight_decay"] > 0 else "")
     )
     presets = list(spec.presets)
-
-    def stat(t: SweepTable, idx: np.ndarray | None) -> dict[str, np.ndarray]:
-        return weight_decay_stats(t, presets, idx)
-
-    stats = stat(table, None)
-    ci = bootstrap(table, stat, n_boot=n_boot, progress=progress) if n_boot > 0 else None
-    verdict = weight_decay_verdict(presets, stats, ci)
+    seeds = per_seed(table, lambda t, idx: weight_decay_stats(t, presets, idx))
+    pooled = weight_decay_stats(table, presets)  # on the seed-mean table, for reference
+    verdict = weight_decay_verdict(presets, seeds)
     rows = []
     for i, p in enumerate(presets):
         row: dict[str, Any] = {"preset": p}
         for k in ("E_off", "E_on", "dE", "kappa_off", "kappa_on", "dkappa"):
-            row[k] = _num(stats[k][i])
-            row[k + "_ci95"] = None if ci is None else [_num(x) for x in ci[k][i]]
+            row[k] = summarize(seeds[k][i])
+            row[k]["seed_mean_table"] = _num(pooled[k][i])
         rows.append(row)
     payload = {
         "spec": spec.to_json(),
         "weight_decay": weight_decay,
         "weight_decay_mode": spec.weight_decay_mode,
+        "statistics": f"per-seed E and κ (each seed's own sweep); mean, {INTERVAL_METHOD} "
+        f"(only with >= {MIN_SEEDS} seeds); verdicts by rule V on the per-seed paired "
+        "differences",
         "rows": rows,
         "verdict": verdict,
     }
@@ -134,16 +130,22 @@ def _num(x: float) -> float | None:
 
 
 def _cell(row: dict[str, Any], k: str, nd: int = 3) -> str:
-    v, iv = row[k], row[k + "_ci95"]
-    s = "–" if v is None else f"{v:+.{nd}f}" if k.startswith("d") else f"{v:.{nd}f}"
-    if iv is not None:
-        s += " [–]" if None in iv else f" [{iv[0]:.{nd}f}, {iv[1]:.{nd}f}]"
-    return s
+    s = row[k]
+    if s["mean"] is None:
+        return "–"
+    sign = "+" if k.startswith("d") else ""
+    out = f"{s['mean']:{sign}.{nd}f}"
+    if s["interval"] is not None:
+        out += f" [{s['interval'][0]:{sign}.{nd}f}, {s['interval'][1]:{sign}.{nd}f}]"
+    elif s["n"] >= 2:
+        out += f" (range {s['range'][0]:{sign}.{nd}f} – {s['range'][1]:{sign}.{nd}f})"
+    return out
 
 
 def _weight_decay_md(
     out: Path, spec: SweepSpec, wd: float, rows: list[dict[str, Any]], verdict: dict[str, Any]
 ) -> None:
+    n = len(spec.seeds)
     lines = [
         "# fused-mup transfer --experiment weight-decay",
         "",
@@ -151,8 +153,14 @@ def _weight_decay_md(
         "",
         f"Weight decay {wd} ({spec.weight_decay_mode}) against 0, at "
         f"{spec.tokens_per_param} tokens per non-embedding parameter; widths "
-        f"{', '.join(map(str, spec.widths))}, {len(spec.lrs)} LRs, seeds {list(spec.seeds)}; "
-        "95% paired bootstrap intervals over seeds. The arms' own reports: `off/report.md`, "
+        f"{', '.join(map(str, spec.widths))}, {len(spec.lrs)} LRs, seeds {list(spec.seeds)}. "
+        "E and κ are fitted on each seed's own sweep; cells are the mean over seeds "
+        + (
+            f"[{INTERVAL_METHOD}]"
+            if n >= MIN_SEEDS
+            else f"(range over seeds; no interval below {MIN_SEEDS} seeds)"
+        )
+        + "; Δ = on − off, paired by seed. The arms' own reports: `off/report.md`, "
         "`on/report.md`.",
         "",
         "| preset | E (WD off) | E (WD on) | ΔE | κ (WD off) | κ (WD on) | Δκ | verdict |",
@@ -165,6 +173,11 @@ def _weight_decay_md(
             f"{_cell(r, 'kappa_off')} | {_cell(r, 'kappa_on')} | {_cell(r, 'dkappa')} | "
             f"ΔE < 0: {v['E']}; Δκ > 0: {v['kappa']} |"
         )
+    lines += ["", "Evidence (rule V, per preset):", ""]
+    for r in rows:
+        v = verdict["per_preset"][r["preset"]]
+        lines.append(f"- {r['preset']}, ΔE < 0: {v['dE']['text']}")
+        lines.append(f"- {r['preset']}, Δκ > 0: {v['dkappa']['text']}")
     lines += ["", "![E and kappa with and without weight decay](weight_decay.png)", ""]
     (out / "weight_decay.md").write_text("\n".join(lines) + "\n")
 
@@ -178,15 +191,16 @@ def _weight_decay_png(path: Path, rows: list[dict[str, Any]]) -> None:
     x = np.arange(len(rows))
     for ax, key, title in ((axes[0], "E", "E (fit residual)"), (axes[1], "kappa", "κ")):
         for j, (arm, off) in enumerate((("off", -0.15), ("on", 0.15))):
-            v = np.array([np.nan if r[f"{key}_{arm}"] is None else r[f"{key}_{arm}"] for r in rows])
-            err = None
-            if all(r[f"{key}_{arm}_ci95"] and None not in r[f"{key}_{arm}_ci95"] for r in rows):
-                lo = np.array([r[f"{key}_{arm}_ci95"][0] for r in rows])
-                hi = np.array([r[f"{key}_{arm}_ci95"][1] for r in rows])
-                err = np.stack([np.maximum(v - lo, 0), np.maximum(hi - v, 0)])
-            ax.bar(x + off, v, 0.3, yerr=err, color=f"C{j}", label=f"WD {arm}", capsize=3)
+            cells = [r[f"{key}_{arm}"] for r in rows]
+            v = np.array([np.nan if c["mean"] is None else c["mean"] for c in cells])
+            ax.bar(x + off, v, 0.3, color=f"C{j}", label=f"WD {arm}", alpha=0.6)
+            for i, c in enumerate(cells):  # every seed, so n is visible
+                pts = [y for y in c["per_seed"] if y is not None]
+                ax.plot([x[i] + off] * len(pts), pts, "k.", ms=4)
+                if c["interval"] is not None:
+                    ax.plot([x[i] + off] * 2, c["interval"], "k-", lw=1)
         ax.set_xticks(x, [r["preset"] for r in rows])
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title + " (dots: seeds; bar: mean; line: 95% t-interval)", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
     fig.tight_layout()

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from fused_mup.transfer.stats import MIN_SEEDS
+
 __all__ = [
     "AUX",
     "Optimum",
@@ -425,10 +427,13 @@ def bootstrap_metrics(
     """Percentile bootstrap intervals over seeds for the scalar metrics and log eta*(d).
 
     Each replicate draws ``len(seeds)`` seeds with replacement (the same draw for every cell,
-    since a seed fixes both init and data order) and recomputes everything. None if < 2 seeds.
+    since a seed fixes both init and data order) and recomputes everything. These metrics are
+    fits over the seed-mean table (a single seed's fit is often undefined), so they get a
+    bootstrap rather than the per-seed t-interval of the claims. None with fewer than
+    ``MIN_SEEDS`` (3) seeds: below that the draws are a handful of seed multisets.
     """
     S = len(sweep.seeds)
-    if S < 2:
+    if S < MIN_SEEDS:
         return None
     rng = np.random.default_rng(seed)
     draws: dict[str, dict[str, list[float]]] = {p: {} for p in sweep.presets}

@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from fused_mup.transfer.claims import bootstrap, claim_stats, compute_summary, headline_verdicts
+from fused_mup.transfer.claims import claim_stats, compute_summary, headline_verdicts
 from fused_mup.transfer.metrics import SweepTable, bootstrap_metrics, compute_metrics
 from fused_mup.transfer.plots import plot_curves, plot_eta_star, plot_transfer
 from fused_mup.transfer.spec import SweepSpec
+from fused_mup.transfer.stats import INTERVAL_METHOD, MIN_SEEDS, per_seed, summarize
 from fused_mup.transfer.sweep import RESULTS, SPEC, load_results, load_timing, run_key_id
 
-__all__ = ["claim_sections", "make_report", "write_report"]
+__all__ = ["claim_sections", "completeness", "make_report", "write_report"]
 
 LN2 = math.log(2.0)
 _SCHEDULE = {"cosine": "cosine to 10%", "linear": "linear to 10%", "constant": "constant"}
@@ -33,7 +34,7 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 def _ci(ci: dict[str, Any] | None, key: str, scale: float = 1.0, nd: int = 3) -> str:
     if ci is None:
-        return "1 seed"
+        return "–"
     iv = ci.get(key)
     if iv is None:
         return "–"
@@ -79,54 +80,55 @@ def _setup_lines(
     return lines
 
 
-def _civ(ci: dict[str, np.ndarray] | None, key: str, *idx: int, nd: int = 2) -> str:
-    if ci is None:
-        return ""
-    lo, hi = ci[key][idx]
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return " [–]"
-    return f" [{lo:.{nd}f}, {hi:.{nd}f}]"
+def _seed_label(n: int) -> str:
+    # what the cells of a per-width table are: the caption says it once
+    if n >= MIN_SEEDS:
+        return f"mean over {n} seeds [{INTERVAL_METHOD}]"
+    if n == 1:
+        return "1 seed, no interval"
+    return f"mean over {n} seeds (range over seeds; no interval below {MIN_SEEDS} seeds)"
 
 
-def _per_width(
-    sweep: SweepTable, stats: dict[str, np.ndarray], ci: dict[str, np.ndarray] | None, key: str
-) -> dict[str, Any]:
-    # metrics.json form: {width: {"value": v, "ci95": [lo, hi] | None}} per preset
-    out: dict[str, Any] = {}
-    for p, name in enumerate(sweep.presets):
-        row = {}
-        for w, d in enumerate(sweep.widths):
-            v = float(stats[key][p, w])
-            iv = None if ci is None else [float(x) for x in ci[key][p, w]]
-            row[str(int(d))] = {
-                "value": v if math.isfinite(v) else None,
-                "ci95": None if iv is None or not all(map(math.isfinite, iv)) else iv,
-            }
-        out[name] = row
+def _cell(values: np.ndarray, nd: int) -> str:
+    s = summarize(values)
+    if s["mean"] is None:
+        return "–"
+    out = _fmt(s["mean"], nd)
+    if s["interval"] is not None:
+        lo, hi = s["interval"]
+        return out + f" [{_fmt(lo, nd)}, {_fmt(hi, nd)}]"
+    if s["n"] >= 2:
+        lo, hi = s["range"]
+        return out + f" (range {_fmt(lo, nd)} – {_fmt(hi, nd)})"
     return out
 
 
+def _seeds_cell(values: np.ndarray, nd: int) -> str:
+    return " / ".join(_fmt(float(v), nd) for v in np.asarray(values).ravel())
+
+
 def claim_sections(
-    sweep: SweepTable, n_boot: int, progress: bool = False
+    sweep: SweepTable,
 ) -> tuple[list[str], dict[str, Any], dict[str, np.ndarray]]:
-    """The report's first sections (verdicts, gap closed, L*, stability, compute), their
-    ``metrics.json`` entries, and the point statistics."""
+    """The report's first sections (verdicts, gap closed, L*, η*, stability, per-seed values,
+    compute), their ``metrics.json`` entries, and the seed-mean statistics."""
     stats = claim_stats(sweep)
-    ci = bootstrap(sweep, claim_stats, n_boot=n_boot, progress=progress) if n_boot > 0 else None
-    verdicts = headline_verdicts(sweep, stats, ci)
+    seeds = per_seed(sweep, claim_stats)
+    verdicts = headline_verdicts(sweep, seeds)
     W, names = sweep.widths, sweep.presets
+    n = len(sweep.seeds)
     head = "| preset | " + " | ".join(f"d={int(w)}" for w in W) + " |"
     rule = "|---" * (len(W) + 1) + "|"
-    seeds = f"{len(sweep.seeds)} seeds, 95% bootstrap intervals" if ci else "1 seed, no intervals"
+    cap = _seed_label(n)
     lines = ["## Verdicts", ""]
     for v in verdicts:
         lines.append(
-            f"- **{v['verdict']}**: {v['claim']} (rule {v['rule']}, docs/transfer.md): "
-            + _evidence(v)
+            f"- **{v['verdict']}** (n={v['n_seeds']} seeds): {v['claim']} (rule {v['rule']}, "
+            "docs/transfer.md): " + _evidence(v)
         )
     if not verdicts:
         lines.append("- (needs the presets sp, sp_emb and mup_lr)")
-    lines += ["", f"## Share of SP's loss gap closed ({seeds})", ""]
+    lines += ["", f"## Share of SP's loss gap closed ({cap})", ""]
     for key, gap, ref in (
         ("gap_closed", "gap", "mup_lr"),
         ("gap_closed_vs_mup", "gap_vs_mup", "mup"),
@@ -134,8 +136,8 @@ def claim_sections(
         if ref not in names or "sp" not in names:
             continue
         lines += [
-            f"(L*_sp − L*_preset) / (L*_sp − L*_{ref}); 1 = as good as {ref}, 0 = no better "
-            "than sp, > 1 = better than the reference.",
+            f"(L*_sp − L*_preset) / (L*_sp − L*_{ref}) per seed; 1 = as good as {ref}, "
+            "0 = no better than sp, > 1 = better than the reference.",
             "",
             head,
             rule,
@@ -143,35 +145,51 @@ def claim_sections(
         for p, name in enumerate(names):
             if name in ("sp", ref):
                 continue
-            cells = [_fmt(float(stats[key][p, w]), 2) + _civ(ci, key, p, w) for w in range(len(W))]
+            cells = [_cell(seeds[key][p, w], 2) for w in range(len(W))]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        cells = [_fmt(float(stats[gap][w]), 4) + _civ(ci, gap, w, nd=4) for w in range(len(W))]
+        cells = [_cell(seeds[gap][w], 4) for w in range(len(W))]
         lines += [f"| *gap L*_sp − L*_{ref}* | " + " | ".join(cells) + " |", ""]
-    lines += ["## Best loss L*(d)", "", head, rule]
-    for p, name in enumerate(names):
-        cells = [
-            _fmt(float(stats["L_star"][p, w]), 4) + _civ(ci, "L_star", p, w, nd=4)
-            for w in range(len(W))
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [""]
+    tables = [("L_star", "Best loss L*(d)", 4), ("log2_eta_star", "log2 η*(d) per seed", 2)]
+    for key, title, nd in tables:
+        lines += [f"## {title} ({cap})", ""]
+        if key == "log2_eta_star":
+            lines += ["– : the seed's best LR is at the grid edge (η* only bounded).", ""]
+        lines += [head, rule]
+        for p, name in enumerate(names):
+            cells = [_cell(seeds[key][p, w], nd) for w in range(len(W))]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += [""]
     if "instability" in sweep.aux:
         lines += [
-            "## Stability at the best LR",
+            f"## Stability at the best LR ({cap})",
             "",
             "Instability: mean excess of the training loss over its running median (10 "
-            "steps), nats; 0 = never above it. Curves: `curves.png`.",
+            "steps), nats; 0 = never above it; each seed at its own best LR. Curves: "
+            "`curves.png`.",
             "",
             head,
             rule,
         ]
         for p, name in enumerate(names):
-            cells = [
-                _fmt(float(stats["instability"][p, w]), 4) + _civ(ci, "instability", p, w, nd=4)
-                for w in range(len(W))
-            ]
+            cells = [_cell(seeds["instability"][p, w], 4) for w in range(len(W))]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += [""]
+    w = len(W) - 1
+    lines += [
+        f"## Per-seed values at d={int(W[-1])} (seeds {', '.join(map(str, sweep.seeds))})",
+        "",
+        "| preset | log2 η* | L* | gap share (vs mup_lr) | instability |",
+        "|---|---|---|---|---|",
+    ]
+    for p, name in enumerate(names):
+        lines.append(
+            f"| {name} | {_seeds_cell(seeds['log2_eta_star'][p, w], 2)} | "
+            f"{_seeds_cell(seeds['L_star'][p, w], 4)} | "
+            f"{_seeds_cell(seeds['gap_closed'][p, w], 2)} | "
+            + (_seeds_cell(seeds["instability"][p, w], 4) if "instability" in sweep.aux else "–")
+            + " |"
+        )
+    lines += [""]
     comp = compute_summary(sweep)
     if comp:
         lines += [
@@ -181,7 +199,7 @@ def claim_sections(
             "parameters, readout included); seconds measured per run (training loop only). "
             f"Proxy sweep: every LR and seed at d={int(W[0])}; direct sweep: the same at "
             f"d={int(W[-1])}. Loss left: L(d={int(W[-1])}, η*(d={int(W[0])})) − "
-            f"L*(d={int(W[-1])}), nats.",
+            f"L*(d={int(W[-1])}), nats ({cap}).",
             "",
             "| preset | proxy sweep | direct sweep | direct / proxy (FLOPs, s) | loss left |",
             "|---|---|---|---|---|",
@@ -192,69 +210,38 @@ def claim_sections(
                 f"| {name} | {c['proxy_flops']:.3g} FLOPs, {c['proxy_seconds']:.0f} s | "
                 f"{c['direct_flops']:.3g} FLOPs, {c['direct_seconds']:.0f} s | "
                 f"{_ratio(c['flops_ratio'])}, {_ratio(c['seconds_ratio'])} | "
-                f"{_fmt(float(stats['loss_left'][p]), 4)}{_civ(ci, 'loss_left', p, nd=4)} |"
+                f"{_cell(seeds['loss_left'][p], 4)} |"
             )
         lines += [""]
     js: dict[str, Any] = {"verdicts": verdicts}
-    for key in ("gap_closed", "gap_closed_vs_mup", "L_star", "instability"):
-        js[key] = _per_width(sweep, stats, ci, key)
-    js["gap"] = {
-        k: {
-            str(int(d)): {
-                "value": _jnum(stats[k][w]),
-                "ci95": None if ci is None else [_jnum(x) for x in ci[k][w]],
-            }
-            for w, d in enumerate(W)
+    for key in ("gap_closed", "gap_closed_vs_mup", "L_star", "log2_eta_star", "instability"):
+        js[key] = {
+            name: {str(int(d)): summarize(seeds[key][p, i]) for i, d in enumerate(W)}
+            for p, name in enumerate(names)
         }
+    js["gap"] = {
+        k: {str(int(d)): summarize(seeds[k][i]) for i, d in enumerate(W)}
         for k in ("gap", "gap_vs_mup")
     }
-    js["loss_left"] = {
-        name: {
-            "value": _jnum(stats["loss_left"][p]),
-            "ci95": None if ci is None else [_jnum(x) for x in ci["loss_left"][p]],
-        }
-        for p, name in enumerate(names)
-    }
+    js["loss_left"] = {name: summarize(seeds["loss_left"][p]) for p, name in enumerate(names)}
     js["compute"] = comp
     return lines, js, stats
 
 
 def _evidence(v: dict[str, Any]) -> str:
     e = v["evidence"]
-
-    def iv(key: str, nd: int) -> str:
-        lo, hi = e[key]
-        return "[–]" if lo is None or hi is None else f"[{lo:.{nd}f}, {hi:.{nd}f}]"
-
     if v["rule"] == "H":
-        g = e["gap_closed"]
+        g, gap = e["gap_closed"], e["gap_sp_minus_mup_lr"]
         return (
-            f"at d={e['width']} sp_emb closes "
-            + ("–" if g is None else f"{g:.2f}")
-            + f" {iv('gap_closed_ci95', 2)} of the gap L*_sp − L*_mup_lr = "
-            + ("–" if e["gap_sp_minus_mup_lr"] is None else f"{e['gap_sp_minus_mup_lr']:.4f}")
-            + f" {iv('gap_ci95', 4)}."
+            f"at d={e['width']}, the gap L*_sp − L*_mup_lr: {gap['text']}. "
+            f"Share of it sp_emb closes: {g['text']}."
         )
-    a, b, d = e["instability_sp"], e["instability_sp_emb"], e["difference"]
-    if None in (a, b, d):
-        return "no instability values."
-    return (
-        f"at d={e['width']} instability {a:.4f} (sp) → {b:.4f} (sp_emb), difference "
-        f"{d:+.4f} {iv('difference_ci95', 4)}" + (f" ({d / a:+.0%})." if a > 0 else ".")
-    )
-
-
-def _share(x: float) -> str:
-    return f"{x:.2f}" if math.isfinite(x) else "–"
+    d = e["instability_sp_emb_minus_sp"]
+    return f"at d={e['width']}, instability of sp_emb minus sp: {d['text']}."
 
 
 def _ratio(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}×"
-
-
-def _jnum(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def write_report(
@@ -265,14 +252,29 @@ def write_report(
     plots: bool = True,
     timing: list[dict[str, Any]] | None = None,
     progress: bool = False,
+    partial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compute metrics (+ bootstrap), write ``metrics.json``, ``report.md`` and figures."""
+    """Compute metrics (+ bootstrap), write ``metrics.json``, ``report.md`` and figures.
+
+    ``partial`` (from :func:`completeness`) marks a sweep that is still running: the report
+    says so first and lists what is finished."""
     sweep = SweepTable.from_records(recs)
     metrics = compute_metrics(sweep)
     ci = bootstrap_metrics(sweep, n_boot=n_boot, progress=progress) if n_boot > 0 else None
     W = sweep.widths
     dmax = int(W[-1])
     lines = [f"# fused-mup transfer: {spec.name if spec else out.name}", ""]
+    if partial is not None:
+        lines += [
+            f"**Partial result: {partial['finished']} of {partial['total']} runs finished.** "
+            "Only (preset, seed) sweeps with every width and LR finished are used: "
+            + (", ".join(f"{p} seeds {s}" for p, s in partial["complete"].items()) or "none")
+            + ". Unfinished: "
+            + (", ".join(f"{p} seed {s} ({k})" for p, s, k in partial["unfinished"]) or "none")
+            + ". Rerun the same command to resume; this report is regenerated from "
+            "`results.jsonl`.",
+            "",
+        ]
     wall_s = None
     if timing:
         wall_s = sum(t["wall_s"] for t in timing)
@@ -289,7 +291,7 @@ def write_report(
             + (f"; 1-min load average seen: {min(loads):.1f}–{max(loads):.1f}." if loads else "."),
             "",
         ]
-    claim_lines, claim_js, stats = claim_sections(sweep, n_boot, progress)
+    claim_lines, claim_js, stats = claim_sections(sweep)
     lines += claim_lines
     lines += ["## Setup", ""]
     lines += _setup_lines(recs, spec, sweep)
@@ -312,7 +314,12 @@ def write_report(
             lines += ["(matplotlib not installed: no figures)", ""]
 
     head = "| preset | " + " | ".join(f"d={int(w)}" for w in W) + " |"
-    lines += ["## log2 η* per width", "", head, "|---" * (len(W) + 1) + "|"]
+    lines += [
+        "## log2 η* per width (seed-mean curves, the input of the fits)",
+        "",
+        head,
+        "|---" * (len(W) + 1) + "|",
+    ]
     for name, m in metrics.items():
         cells = [
             _fmt(v / LN2, 2) + ("†" if s != "ok" else "")
@@ -335,6 +342,18 @@ def write_report(
         )
     lines += [""]
 
+    n = len(sweep.seeds)
+    ci_head = (
+        f"95% percentile bootstrap over {n} seeds ({n_boot} replicates)"
+        if ci is not None
+        else f"interval: none ({n} seed{'s' if n != 1 else ''} < {MIN_SEEDS})"
+    )
+    lines += [
+        "Per-preset metrics below are fits on the seed-mean table (value column); a single "
+        "seed's fit is often undefined, so their interval is a percentile bootstrap over seeds "
+        f"(given only with ≥ {MIN_SEEDS} seeds), not the per-seed t-interval of the claims.",
+        "",
+    ]
     for name, m in metrics.items():
         c = None if ci is None else ci[name]
         fit = m.R_fit
@@ -374,7 +393,7 @@ def write_report(
                 _ci(c, "R_inf_fitlr", nd=4),
             ),
         ]
-        lines += [f"## {name}", "", "| metric | value | 95% CI |", "|---|---|---|"]
+        lines += [f"## {name}", "", f"| metric | value | {ci_head} |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {cc} |" for a, b, cc in rows]
         lines += [""] + [f"- {n}" for n in m.notes] + ([""] if m.notes else [])
 
@@ -389,7 +408,13 @@ def write_report(
             k: {
                 **{
                     key: claim_js[key][k]
-                    for key in ("gap_closed", "gap_closed_vs_mup", "L_star", "instability")
+                    for key in (
+                        "gap_closed",
+                        "gap_closed_vs_mup",
+                        "L_star",
+                        "log2_eta_star",
+                        "instability",
+                    )
                 },
                 "loss_left": claim_js["loss_left"][k],
                 "compute": claim_js["compute"].get(k),
@@ -397,11 +422,55 @@ def write_report(
             }
             for k, v in metrics.items()
         },
-        "bootstrap_95": ci,
+        "statistics": {
+            "n_seeds": n,
+            "claims": f"mean of per-seed values; {INTERVAL_METHOD}, only with >= {MIN_SEEDS} "
+            "seeds (fewer: range); verdicts by rule V on the per-seed values",
+            "metrics": ci_head,
+        },
+        "metrics_intervals": ci,
+        "partial": partial,
     }
     (out / "metrics.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return payload
+
+
+def completeness(
+    recs: list[dict[str, Any]], spec: SweepSpec
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The records of the (preset, seed) sweeps of ``spec`` that are complete, and a
+    description of what is unfinished (None when everything is finished).
+
+    A half-finished seed would bias its per-seed η* and L* (its best LR may not have run yet),
+    so a partial report leaves it out.
+    """
+    want: dict[tuple[str, int], int] = {}
+    for c in spec.resolved().runs():
+        want[(c.preset, c.seed)] = want.get((c.preset, c.seed), 0) + 1
+    got: dict[tuple[str, int], int] = {}
+    for r in recs:
+        g = (r["key"]["preset"], int(r["key"]["seed"]))
+        got[g] = got.get(g, 0) + 1
+    if all(got.get(g, 0) >= n for g, n in want.items()):
+        return recs, None
+    full = {g for g, n in want.items() if got.get(g, 0) >= n}
+    complete: dict[str, list[int]] = {}
+    for p, s in sorted(full, key=lambda g: (spec.presets.index(g[0]), g[1])):
+        complete.setdefault(p, []).append(s)
+    unfinished = [
+        (p, s, f"{got.get((p, s), 0)}/{n} runs")
+        for (p, s), n in sorted(want.items(), key=lambda g: (spec.presets.index(g[0][0]), g[0][1]))
+        if (p, s) not in full
+    ]
+    info = {
+        "finished": len(recs),
+        "total": sum(want.values()),
+        "complete": complete,
+        "unfinished": unfinished,
+    }
+    used = [r for r in recs if (r["key"]["preset"], int(r["key"]["seed"])) in full]
+    return used, info
 
 
 def make_report(
@@ -431,11 +500,20 @@ def make_report(
     recs = load_results(out / RESULTS)
     if spec is None and (out / SPEC).exists():
         spec = SweepSpec.from_json(json.loads((out / SPEC).read_text()))
+    partial = None
     if spec is not None:
         ids = {run_key_id(c.key()) for c in spec.resolved().runs()}
         recs = [r for r in recs if r.get("id") in ids]
+        recs, partial = completeness(recs, spec)
     if not recs:
-        raise SystemExit(f"no results for this sweep in {out / RESULTS}")
+        raise SystemExit(f"no complete (preset, seed) sweep yet in {out / RESULTS}")
     return write_report(
-        out, recs, spec, n_boot=n_boot, plots=plots, timing=load_timing(out), progress=progress
+        out,
+        recs,
+        spec,
+        n_boot=n_boot,
+        plots=plots,
+        timing=load_timing(out),
+        progress=progress,
+        partial=partial,
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fused_mup.bench.progress import progress_bar
 from fused_mup.tiny_gpt import flops_per_token
 from fused_mup.transfer.data import parse_tokenizer
 from fused_mup.transfer.spec import HEADLINE, SweepSpec
@@ -159,50 +160,69 @@ def run_sweep(
     (out / SPEC).write_text(json.dumps(spec.to_json(), indent=1) + "\n")
     results = out / RESULTS
     runs = spec.runs()
-    done = {rec.get("id") for rec in load_results(results)}
-    todo = [c for c in runs if run_key_id(c.key()) not in done]
+    finished = {rec.get("id") for rec in load_results(results)}
+    todo = [c for c in runs if run_key_id(c.key()) not in finished]
     todo.sort(key=run_order)
     jobs = default_jobs(spec.device) if jobs is None else max(1, jobs)
     total = sum(_cost(c) for c in todo)
-    bar = _Progress(total, len(todo), len(runs) - len(todo), enabled=progress)
+    if progress and len(runs) > len(todo):
+        print(
+            f"resuming: {len(runs) - len(todo)} runs already in the results file", file=sys.stderr
+        )
     t0, cpu0, load0 = time.time(), _cpu_seconds(), _loadavg()
+    done = 0
+    fmt = "{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]"
+    with progress_bar(
+        total, "transfer", enabled=progress and bool(todo), leave=True, bar_format=fmt
+    ) as bar:
+        bar.set_postfix_str(f"0/{len(todo)} runs")
 
-    def finish(cfg: RunConfig, res: dict[str, Any]) -> None:
-        key = cfg.key()
-        rec = {"id": run_key_id(key), "key": key, **res, "finished": time.time()}
-        _append(results, rec)
-        bar.update(_cost(cfg), rec)
-        if on_record is not None:
-            on_record(rec)
+        def finish(cfg: RunConfig, res: dict[str, Any]) -> None:
+            nonlocal done
+            key = cfg.key()
+            rec = {"id": run_key_id(key), "key": key, **res, "finished": time.time()}
+            _append(results, rec)
+            done += 1
+            tag = f"{done}/{len(todo)} runs, last {cfg.preset} d={cfg.width} lr={cfg.lr:.3g}"
+            bar.set_postfix_str(tag, refresh=False)
+            bar.update(_cost(cfg))  # over estimated cost: the ETA is right for mixed sizes
+            if on_record is not None:
+                on_record(rec)
 
-    try:
-        if jobs == 1 or len(todo) <= 1:
-            for cfg in todo:
-                finish(cfg, train_run(cfg, threads=None if jobs == 1 else 1))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-            ctx = mp.get_context("spawn")  # no inherited torch thread pools / CUDA state
-            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
-                pending = {pool.submit(_run_one, c): c for c in todo}
-                try:
-                    while pending:
-                        fin, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in fin:
-                            finish(pending.pop(fut), fut.result())
-                except BaseException:
-                    for fut in pending:
-                        fut.cancel()
-                    raise
-    finally:
-        bar.close()
-        if todo:
-            _append(out / TIMING, _timing(t0, cpu0, load0, jobs, bar.k, len(runs)))
+        try:
+            _run_all(todo, jobs, finish)
+        finally:
+            if todo:
+                _append(out / TIMING, _timing(t0, cpu0, load0, jobs, done, len(runs)))
     if todo and progress:
         print(f"{len(todo)} runs in {time.time() - t0:.0f} s -> {results}", file=sys.stderr)
     by_id = {rec["id"]: rec for rec in load_results(results)}
     return [by_id[i] for i in (run_key_id(c.key()) for c in runs) if i in by_id]
+
+
+def _run_all(
+    todo: list[RunConfig], jobs: int, finish: Callable[[RunConfig, dict[str, Any]], None]
+) -> None:
+    # In-process for one job; otherwise a spawn pool of single-threaded workers.
+    if jobs == 1 or len(todo) <= 1:
+        for cfg in todo:
+            finish(cfg, train_run(cfg, threads=None if jobs == 1 else 1))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")  # no inherited torch thread pools / CUDA state
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        pending = {pool.submit(_run_one, c): c for c in todo}
+        try:
+            while pending:
+                fin, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in fin:
+                    finish(pending.pop(fut), fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
 
 
 def _cpu_seconds() -> float:
@@ -251,42 +271,3 @@ def load_timing(out_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
-
-
-class _Progress:
-    """tqdm over estimated run cost (so the ETA is right for mixed sizes), or plain lines."""
-
-    def __init__(self, total: float, n: int, skipped: int, enabled: bool) -> None:
-        self.n, self.k, self.enabled, self.bar = n, 0, enabled and n > 0, None
-        self.t0 = time.time()
-        if skipped and enabled:
-            print(f"resuming: {skipped} runs already in the results file", file=sys.stderr)
-        if not self.enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-
-            fmt = "{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]"
-            self.bar = tqdm(total=total, desc="transfer", bar_format=fmt, file=sys.stderr)
-            self.bar.set_postfix_str(f"0/{n} runs")
-        except ImportError:
-            self.total, self.acc = total, 0.0
-
-    def update(self, cost: float, rec: dict[str, Any]) -> None:
-        self.k += 1
-        if not self.enabled:
-            return
-        k = rec["key"]
-        tag = f"{self.k}/{self.n} runs, last {k['preset']} d={k['width']} lr={k['lr']:.3g}"
-        if self.bar is not None:
-            self.bar.set_postfix_str(tag, refresh=False)
-            self.bar.update(cost)
-        else:
-            self.acc += cost
-            el = time.time() - self.t0
-            eta = el * (self.total / max(self.acc, 1e-9) - 1)
-            print(f"[{el:.0f}s, ETA {eta:.0f}s] {tag}", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

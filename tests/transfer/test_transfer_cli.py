@@ -12,6 +12,8 @@ from fused_mup.transfer import cli, experiments, load_results, main, run_key_id
 from fused_mup.transfer.claims import VERDICTS
 from fused_mup.transfer.experiments import run_vocab, run_weight_decay, vocab_spec
 from fused_mup.transfer.experiments import weight_decay_spec as wd_spec
+from fused_mup.transfer.report import completeness, make_report
+from fused_mup.transfer.spec import SweepSpec, pow2
 
 TINY = ["--depth", "1", "--heads", "2", "--context", "16", "--batch", "4", "--base-width", "16",
         "--max-bytes", "300000", "--device", "cpu", "--no-progress"]  # fmt: skip
@@ -34,7 +36,10 @@ def test_list_syntax_and_negative_lr_range():
     c = parse("--quick", "--tokens-per-param", "2", "--head-dim", "8", "--warmup", "0.05")
     assert c.tokens is None and c.steps_for(64) > c.steps_for(32)
     assert c.head_dim == 8 and c.warmup == 0.05
-    assert len(parse("--quick").seeds) >= 2  # --quick carries intervals
+    assert len(parse("--quick").seeds) >= 3  # --quick carries intervals
+    std = parse("--standard")
+    assert len(std.seeds) >= 3 and max(std.widths) >= 256 and std.tokens >= 400_000
+    assert {"sp", "mup_lr", "sp_emb"} <= set(std.presets) and std.name == "standard"
 
 
 @pytest.mark.parametrize(
@@ -94,17 +99,26 @@ def test_end_to_end_cli_and_report(tmp_path):
     # the verdicts and the gap closed come first
     assert report.index("## Verdicts") < report.index("## Share of SP's loss gap closed")
     assert report.index("## Share of SP") < report.index("## Setup") < report.index("## sp")
-    for section in ("## Best loss L*(d)", "## Stability at the best LR", "## Compute", "95% CI"):
+    for section in ("## Best loss L*(d)", "## Stability at the best LR", "## Compute"):
         assert section in report
+    # 2 seeds: ranges labelled as ranges, and no interval anywhere
+    assert "range over seeds; no interval below 3 seeds" in report
+    assert "interval: none (2 seeds < 3)" in report and "t-interval [" not in report
+    assert "## Per-seed values at d=32 (seeds 0, 1)" in report
     for fig in ("transfer.png", "eta_star.png", "curves.png"):
         assert (tmp_path / fig).read_bytes()[:4] == b"\x89PNG"
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert {v["rule"] for v in m["verdicts"]} == {"H", "S"}
-    assert all(v["verdict"] in VERDICTS for v in m["verdicts"])
+    # fewer than 3 seeds: rule V never decides
+    assert all(v["verdict"] == VERDICTS[2] and v["n_seeds"] == 2 for v in m["verdicts"])
     g = m["presets"]["sp_emb"]["gap_closed"]
-    assert set(g) == {"16", "32"} and g["16"]["value"] is None  # base width: no gap
-    assert set(g["32"]) == {"value", "ci95"}
-    for key in ("gap_closed_vs_mup", "L_star", "instability", "loss_left", "compute"):
+    assert set(g) == {"16", "32"} and g["16"]["mean"] is None  # base width: no gap
+    assert len(g["32"]["per_seed"]) == 2 and g["32"]["interval"] is None
+    assert m["statistics"]["n_seeds"] == 2 and m["metrics_intervals"] is None
+    for key in ("gap_closed_vs_mup", "L_star", "log2_eta_star", "instability", "loss_left"):
+        assert len(m["presets"]["sp"][key]["per_seed"] if key == "loss_left" else
+                   m["presets"]["sp"][key]["32"]["per_seed"]) == 2  # fmt: skip
+    for key in ("compute",):
         assert key in m["presets"]["sp"]
     assert m["presets"]["sp"]["compute"]["flops_ratio"] > 1
     assert set(m["gap"]) == {"gap", "gap_vs_mup"}
@@ -142,8 +156,10 @@ def test_weight_decay_experiment(tmp_path, monkeypatch):
     assert spec.tokens_per_param == 1.0 and spec.tokens is None and spec.weight_decay == 0.0
     r = run_weight_decay(spec, tmp_path, 0.1, progress=False, n_boot=30, plots=False)
     (row,) = r["rows"]
-    assert row["E_on"] == pytest.approx(0.0, abs=1e-6) and row["E_off"] > 0.1
-    assert row["dkappa"] == pytest.approx(1.0, abs=0.05)
+    assert row["E_on"]["per_seed"] == pytest.approx([0.0] * 3, abs=1e-6)
+    assert min(row["E_off"]["per_seed"]) > 0.1
+    assert row["dkappa"]["per_seed"] == pytest.approx([1.0] * 3, abs=0.05)
+    assert row["dkappa"]["interval"] is not None and row["dkappa"]["n"] == 3
     assert r["verdict"]["verdict"] == "supported"
     md = (tmp_path / "weight_decay.md").read_text()
     assert "**supported**" in md and "| sp |" in md
@@ -165,3 +181,30 @@ def test_vocab_experiment(tmp_path, monkeypatch):
     assert r["sqrt_overtakes_at_vocab_per_width"] == 16.0
     assert all(row["bytes_per_token"] >= 1 for row in r["rows"])
     assert "√m overtakes m at vocab/width ≥ 16" in (tmp_path / "vocab.md").read_text()
+
+
+def test_partial_report_uses_whole_seeds_and_says_what_is_missing(tmp_path):
+    spec = SweepSpec.quick(
+        presets=("sp", "mup_lr", "sp_emb"), widths=(16, 32), lrs=pow2(-8, -6), max_bytes=300_000
+    )
+    recs = _fake_sweep(lambda c: 2.0 + 0.01 * (math.log2(c.lr) + 7) ** 2 + 0.001 * c.seed)(
+        spec, tmp_path
+    )
+    # sp_emb seed 2 lost its last run (an interrupted sweep)
+    last = next(r for r in reversed(recs) if r["key"]["preset"] == "sp_emb")
+    kept = [r for r in recs if r is not last]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    used, info = completeness(kept, spec)
+    assert info["finished"] == 53 and info["total"] == 54
+    assert info["complete"] == {"sp": [0, 1, 2], "mup_lr": [0, 1, 2], "sp_emb": [0, 1]}
+    assert info["unfinished"] == [("sp_emb", 2, "5/6 runs")]
+    assert len(used) == 48
+    assert completeness(recs, spec) == (recs, None)
+    m = make_report(tmp_path, n_boot=0, plots=False)
+    report = (tmp_path / "report.md").read_text()
+    assert report.splitlines()[2].startswith("**Partial result: 53 of 54 runs finished.**")
+    assert "sp_emb seed 2 (5/6 runs)" in report
+    assert m["partial"]["total"] == 54
+    # sp_emb has 2 whole seeds: its shares show a range, the other presets' 3 seeds intervals
+    assert m["presets"]["sp_emb"]["L_star"]["32"]["n"] == 2
+    assert m["presets"]["sp"]["L_star"]["32"]["interval"] is not None

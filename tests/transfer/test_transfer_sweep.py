@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -84,6 +85,15 @@ def test_progress_bar_and_resume_message(tmp_path, capsys):
     assert "transfer" in err and "1/1 runs, last sp d=16" in err  # tqdm with the run's label
     run_sweep(spec, tmp_path, jobs=1, progress=True)
     assert "resuming: 1 runs already in the results file" in capsys.readouterr().err
+
+
+def test_progress_lines_without_tqdm(tmp_path, capsys, monkeypatch):
+    # the shared bar (fused_mup.bench.progress) falls back to one line per run with an ETA
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
+    spec = tiny_spec(presets=("sp",), widths=(16,), lrs=(2.0**-6, 2.0**-5))
+    run_sweep(spec, tmp_path, jobs=1, progress=True)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("transfer: [")]
+    assert len(lines) == 2 and "ETA" in lines[0] and lines[1].endswith("lr=0.0312")
 
 
 def test_diverged_run_is_recorded(tmp_path):
