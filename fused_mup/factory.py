@@ -15,6 +15,7 @@ from torch import nn
 
 from fused_mup.optim import AdamW
 from fused_mup.presets import param_groups
+from fused_mup.presets.roles import require_module
 
 __all__ = ["OptimizerFactory", "create_optimizer"]
 
@@ -39,7 +40,8 @@ def create_optimizer(
     ``lr`` and ``weight_decay`` become the optimizer's defaults (the groups inherit them, so an
     LR scheduler and ``opt.defaults`` see the values you passed); each group scales them by its
     ``lr_mult`` / ``wd_mult``. The default preset ``"sp"`` is standard parameterization with
-    biases and norm gains undecayed (HF Trainer's and nanoGPT's practice).
+    biases and norm gains undecayed (HF Trainer's and nanoGPT's practice); it takes any
+    ``nn.Module``, decaying every matrix (ndim >= 2) and no vector.
 
     Args:
         model: the model to optimize (wrappers such as ``torch.compile``'s and DDP's are
@@ -55,7 +57,12 @@ def create_optimizer(
 
     Returns:
         The optimizer.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` (e.g. ``model.parameters()``).
+        ValueError: as :func:`fused_mup.param_groups`; the default ``"sp"`` takes any module.
     """
+    require_module(model, "model", "create_optimizer")
     groups = param_groups(
         model,
         preset,

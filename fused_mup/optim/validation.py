@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from fused_mup.optim.modes import UPDATE_MODES
+from fused_mup.presets.groups import WEIGHT_DECAY_MODES
 
 __all__ = [
     "BACKENDS",
@@ -19,7 +21,6 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "triton", "torch")
-WEIGHT_DECAY_MODES = ("coupled", "independent")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Group keys that fused_mup adds to torch's; kept across load_state_dict of a torch checkpoint.
 EXTRA_GROUP_KEYS = {
@@ -36,6 +37,9 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
     is not the constructor's defaults), then ours."""
     lr, eps, betas, weight_decay = group["lr"], group["eps"], group["betas"], group["weight_decay"]
     suffix = "" if not where else f" in {where}"
+    # Each key's type is checked just before torch's comparison would fail on it (lr="1e-3"
+    # from a YAML file gives torch's "'<=' not supported ..."), in torch's words, group named.
+    _require_number(lr, "Invalid learning rate:", suffix)
     foreach, capturable = group.get("foreach"), group.get("capturable", False)
     if isinstance(lr, Tensor):
         if foreach and not capturable:
@@ -46,12 +50,20 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             raise ValueError(f"Tensor lr must be 1-element{suffix}")
     if not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}{suffix}")
+    _require_number(eps, "Invalid epsilon value:", suffix)
     if not 0.0 <= eps:
         raise ValueError(f"Invalid epsilon value: {eps}{suffix}")
+    if isinstance(betas, (str, bytes)) or len(betas) != 2:
+        raise TypeError(
+            f"Invalid betas: {betas!r}{suffix}; expected two numbers, e.g. (0.9, 0.999)"
+        )
+    for i, beta in enumerate(betas):
+        _require_number(beta, f"Invalid beta parameter at index {i}:", suffix)
     if not 0.0 <= betas[0] < 1.0:
         raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}{suffix}")
     if not 0.0 <= betas[1] < 1.0:
         raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}{suffix}")
+    _require_number(weight_decay, "Invalid weight_decay value:", suffix)
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}{suffix}")
     if not (all(isinstance(b, float) for b in betas) or all(isinstance(b, Tensor) for b in betas)):
@@ -65,6 +77,8 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
                 )
             if beta.numel() != 1:
                 raise ValueError(f"Tensor betas[{i}] must be 1-element{suffix}")
+    for key in ("lr_mult", "wd_mult"):
+        _require_number(group[key], f"Invalid {key} value:", suffix)
     if not 0.0 <= group["lr_mult"]:
         raise ValueError(f"Invalid lr_mult value: {group['lr_mult']}{suffix}")
     if not 0.0 <= group["wd_mult"]:
@@ -81,6 +95,8 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             "per step at the peak LR, so it must be at most 1."
         )
     peak = group.get("peak_lr")
+    if peak is not None:
+        _require_number(peak, "Invalid peak_lr value:", suffix)
     if peak is not None and not 0.0 <= peak:
         raise ValueError(f"Invalid peak_lr value: {peak}{suffix}")
     if not group.get("decoupled_weight_decay", True):
@@ -93,6 +109,11 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             f"Invalid bf16_update: {group['bf16_update']!r}{suffix}; "
             f"expected one of {tuple(UPDATE_MODES)}"
         )
+
+
+def _require_number(value: Any, label: str, suffix: str) -> None:
+    if not isinstance(value, (Real, Tensor)):
+        raise TypeError(f"{label} {value!r}{suffix}; expected a number, got {type(value).__name__}")
 
 
 def to_scalar(x: Any) -> Any:

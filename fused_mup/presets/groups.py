@@ -3,15 +3,25 @@ carrying ``lr_mult`` / ``wd_mult``) and ``bake=True`` for any torch optimizer.""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
+from numbers import Real
 from typing import Any
 
 from torch import nn
 
 from fused_mup.ignored_keys import install_ignored_keys_hook
-from fused_mup.presets.roles import ROLES, TieError, named_params, param_roles, unwrap_model
+from fused_mup.presets.roles import (
+    ROLES,
+    AmbiguousRoleError,
+    TieError,
+    named_params,
+    param_roles,
+    require_module,
+    unwrap_model,
+)
 
-__all__ = ["DEFAULT_DECAY", "PRESETS", "param_groups"]
+__all__ = ["DEFAULT_DECAY", "PRESETS", "WEIGHT_DECAY_MODES", "param_groups"]
 
 #: LR multiplier per role as an exponent of the width multiplier m: lr_mult = m ** e.
 PRESETS: dict[str, dict[str, float]] = {
@@ -28,7 +38,9 @@ PRESETS: dict[str, dict[str, float]] = {
 #: Vectors (biases, norm gains) are not decayed; embeddings are, like every other matrix.
 DEFAULT_DECAY: dict[str, float] = {"embedding": 1.0, "hidden": 1.0, "readout": 1.0, "vector": 0.0}
 
-_WD_MODES = ("coupled", "independent")
+#: The ``weight_decay_mode`` values. Defined here, not in the optimizer, so that the presets
+#: stay importable without the optimizer (and Triton); fused_mup.optim.validation imports it.
+WEIGHT_DECAY_MODES = ("coupled", "independent")
 
 # A torch optimizer given unbaked groups (lr_mult / wd_mult it ignores) warns on its first step.
 install_ignored_keys_hook()
@@ -44,12 +56,30 @@ def _pow(m: float, e: float) -> float:
 def _exponents(preset: str | Mapping[str, float]) -> tuple[str, dict[str, float]]:
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}")
+            close = difflib.get_close_matches(preset.lower(), PRESETS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown preset {preset!r}; {hint}presets: {sorted(PRESETS)}")
         return preset, dict(PRESETS[preset])
-    table = {k: float(v) for k, v in preset.items()}
-    if set(table) != set(ROLES):
-        raise ValueError(f"a custom exponent table needs exactly the roles {ROLES}, got {table}")
-    return "custom", table
+    if not isinstance(preset, Mapping):
+        raise TypeError(
+            f"preset must be a preset name ({sorted(PRESETS)}) or a {{role: exponent}} table, "
+            f"got {type(preset).__name__}"
+        )
+    if set(preset) != set(ROLES):
+        raise ValueError(
+            f"a custom exponent table needs exactly the roles {ROLES}, got {dict(preset)}"
+        )
+    for role, e in preset.items():
+        _require_number(e, f"preset[{role!r}]")
+    return "custom", {k: float(v) for k, v in preset.items()}
+
+
+def _require_number(value: object, what: str) -> None:
+    # A YAML config gives "1e-3" as a string: name the argument instead of failing later.
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(
+            f"Invalid {what} value: {value!r}; expected a number, got {type(value).__name__}"
+        )
 
 
 def param_groups(
@@ -81,8 +111,15 @@ def param_groups(
     at every width (MuAdamW's ``weight_decay *= m`` for hidden weights). Independent decay
     shrinks by ``s_t · wd · wd_mult`` with ``s_t = lr_t / peak_lr``, also width-free.
 
+    Any ``nn.Module`` works under ``sp`` (with the default ``decay``): a matrix whose role
+    module types cannot tell (an LSTM's or attention's packed weights, a raw ``nn.Parameter``,
+    a single ``Linear``) becomes ``hidden``, so every matrix decays and no vector does. Presets
+    whose numbers depend on the role refuse such a matrix, naming it and the ``overrides``
+    that fix it.
+
     Args:
-        model: the model (DTensor params fine: global shapes are read).
+        model: the model itself, an ``nn.Module`` (not ``model.parameters()``: roles come from
+            module types and names). DTensor params are fine: global shapes are read.
         preset: ``"sp"``, ``"mup"``, ``"mup_lr"``, ``"sp_emb"``, ``"sp_emb_sqrt"``, or a custom
             ``{role: exponent}`` table covering all of :data:`ROLES`.
         base_model: smaller instance of the same architecture (see :func:`param_roles`).
@@ -115,15 +152,28 @@ def param_groups(
         ValueError: see :func:`param_roles`; also a non-``sp`` preset without ``base_model`` or
             ``width_mult``, an unknown preset / mode / decay role, ``bake=True`` without
             ``lr`` and ``weight_decay`` (the values it folds the multipliers into).
+        TypeError: ``model`` / ``base_model`` / ``delta_model`` not an ``nn.Module``, or a
+            number given as something else (``lr="1e-3"`` from a YAML file).
     """
+    require_module(model, "model", "param_groups")
+    for arg, value in (("base_model", base_model), ("delta_model", delta_model)):
+        if value is not None:
+            require_module(value, arg, "param_groups")
     name, exps = _exponents(preset)
-    if weight_decay_mode not in _WD_MODES:
-        raise ValueError(f"weight_decay_mode must be one of {_WD_MODES}, got {weight_decay_mode!r}")
+    for arg, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if value is not None:
+            _require_number(value, arg)
+    if weight_decay_mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(
+            f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}"
+        )
     if base_model is None and width_mult is None and any(exps.values()):
         raise ValueError(f"preset {name!r} scales with width: pass base_model= or width_mult=")
     bad = set(decay or {}) - set(ROLES)
     if bad:
         raise ValueError(f"decay has unknown roles {sorted(bad)}; roles are {ROLES}")
+    for role, d in (decay or {}).items():
+        _require_number(d, f"decay[{role!r}]")
     dec = {**DEFAULT_DECAY, **(decay or {})}
     if bake and (lr is None or weight_decay is None):
         raise ValueError(
@@ -134,6 +184,9 @@ def param_groups(
     base_hp = {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
 
     same = exps["embedding"] == exps["readout"] and dec["embedding"] == dec["readout"]
+    # Where every matrix role gets the same numbers (sp), an unclassified matrix is "hidden":
+    # decayed like any matrix, and the guess cannot change a step. Elsewhere it raises.
+    agnostic = len({(exps[r], dec[r]) for r in ("embedding", "hidden", "readout")}) == 1
     try:
         infos = param_roles(
             model,
@@ -144,7 +197,16 @@ def param_groups(
             # Where both roles get the same numbers, a tie is the embedding: mup's
             # MuSharedReadout convention, and mup_init_ then never zeroes it.
             tied=tied or ("embedding" if same else None),
+            default_role="hidden" if agnostic else None,
         )
+    except AmbiguousRoleError as exc:
+        lr_by_role = ", ".join(f"{r} m^{exps[r]:g}" for r in ("embedding", "hidden", "readout"))
+        decay_by_role = ", ".join(f"{r} {dec[r]:g}" for r in ("embedding", "hidden", "readout"))
+        raise AmbiguousRoleError(
+            f"preset {name!r}: {exc}. The role sets the numbers here (lr_mult {lr_by_role}; "
+            f"decay {decay_by_role}); preset 'sp' with the default decay takes any model",
+            exc.names,
+        ) from None
     except TieError as exc:
         m_e, m_r = exps["embedding"], exps["readout"]
         raise ValueError(

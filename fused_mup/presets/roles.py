@@ -7,13 +7,24 @@ Roles come from module types, shapes against a base model, and name-pattern over
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable, Mapping
+from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["ROLES", "ParamInfo", "TieError", "named_params", "param_roles", "unwrap_model"]
+__all__ = [
+    "ROLES",
+    "AmbiguousRoleError",
+    "ParamInfo",
+    "TieError",
+    "named_params",
+    "param_roles",
+    "require_module",
+    "unwrap_model",
+]
 
 ROLES: tuple[str, ...] = ("embedding", "hidden", "readout", "vector")
 
@@ -22,6 +33,32 @@ _TIED_POLICIES = ("embedding", "readout")
 
 class TieError(ValueError):
     """A tied embedding/readout tensor without a ``tied=`` policy."""
+
+
+class AmbiguousRoleError(ValueError):
+    """Matrices whose role neither module types nor shapes tell (``names`` lists them)."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
+
+
+def require_module(value: object, arg: str, call: str) -> None:
+    """Refuse a non-module where a model is expected, naming the argument and what to pass."""
+    if isinstance(value, nn.Module):
+        return
+    got = type(value).__name__
+    if arg == "model":
+        hint = (
+            f"pass the model itself, e.g. {call}(model, ...): roles come from module types "
+            "and parameter names, which model.parameters() does not carry"
+        )
+    else:
+        hint = (
+            "pass a smaller instance of the same architecture (it may live on the meta "
+            "device); mup's base-shape dicts and .bsh files are not read"
+        )
+    raise TypeError(f"{call}: {arg} must be an nn.Module, got {got}; {hint}")
 
 
 class ParamInfo(NamedTuple):
@@ -55,6 +92,10 @@ def _is_conv1d(module: nn.Module) -> bool:
 
 def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def _is_matrix_layer(module: nn.Module) -> bool:
+    return _is_linear(module) or isinstance(module, nn.modules.conv._ConvNd)
 
 
 def _out_features(module: nn.Module) -> int:
@@ -134,11 +175,15 @@ class _Structure:
             # model at d = 256), hidden d x d Linears match it too, and the head comes last.
             readouts = [m for m in linears if _out_features(m) in vocab][-1:]
         inputs: list[nn.Module] = []
-        if not embs and linears:
-            # No embedding table (e.g. a plain MLP): first Linear reads the input, last
-            # Linear is the readout, in registration order.
-            inputs = [linears[0]]
-            if not readouts:
+        if not embs:
+            # No embedding table (a plain MLP, a CNN): the module that holds the first matrix
+            # reads the input if it is a Linear or a conv (not, e.g., the in_proj_weight of a
+            # TransformerEncoder's attention); the last Linear is the readout.
+            first = next((n for n, p in model.named_parameters() if p.ndim >= 2), None)
+            owner = _owners(model).get(_canonical(first)) if first is not None else None
+            if owner is not None and owner[1] == "weight" and _is_matrix_layer(owner[0]):
+                inputs = [owner[0]]
+            if not readouts and linears:
                 readouts = [linears[-1]]
         self.readout_ids = {id(m) for m in readouts}
         self.input_ids = {id(m) for m in inputs}
@@ -148,9 +193,7 @@ class _Structure:
             return "vector"
         if isinstance(module, nn.Embedding):
             return "embedding"
-        if (
-            _is_linear(module) or isinstance(module, nn.modules.conv._ConvNd)
-        ) and local == "weight":
+        if _is_matrix_layer(module) and local == "weight":
             is_in, is_out = id(module) in self.input_ids, id(module) in self.readout_ids
             if is_in and is_out:
                 return None  # a single Linear is both input and readout
@@ -189,6 +232,7 @@ def param_roles(
     width_mult: float | None = None,
     overrides: Mapping[str, str] | None = None,
     tied: str | None = None,
+    default_role: str | None = None,
 ) -> dict[str, ParamInfo]:
     """Classify every trainable parameter of ``model`` into a role and width multiplier.
 
@@ -207,14 +251,33 @@ def param_roles(
             full parameter names; the first matching pattern wins.
         tied: policy for a tensor shared by an embedding and a readout: ``"embedding"`` or
             ``"readout"``. Without it such a tie raises.
+        default_role: role for a matrix that module types and shapes cannot classify (a raw
+            ``nn.Parameter``, an LSTM's or attention's packed weights, a single ``Linear``).
+            None raises instead, naming every such parameter and the ``overrides`` that fix it.
 
     Returns:
         ``{first name: ParamInfo}`` in ``model.named_parameters()`` order.
 
     Raises:
-        ValueError: an ambiguous parameter, a tie without a policy, an unknown role or pattern
-            that matches nothing, or inconsistent width arguments. Messages name the parameters.
+        AmbiguousRoleError: (a ValueError) matrices with no role and no ``default_role``.
+        ValueError: a tie without a policy, an unknown role or pattern that matches nothing,
+            or inconsistent width arguments. Messages name the parameters.
+        TypeError: a model, base or delta model that is not an ``nn.Module``, or a
+            ``width_mult`` / ``overrides`` of the wrong type.
     """
+    require_module(model, "model", "param_roles")
+    for arg, value in (("base_model", base_model), ("delta_model", delta_model)):
+        if value is not None:
+            require_module(value, arg, "param_roles")
+    if width_mult is not None:
+        _check_width_mult(width_mult)
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(
+            f"overrides must be a mapping {{glob pattern: role}}, e.g. "
+            f"overrides={{'*.in_proj_weight': 'hidden'}}, got {type(overrides).__name__}"
+        )
+    if default_role is not None and default_role not in ROLES:
+        raise ValueError(f"default_role must be one of {ROLES} or None, got {default_role!r}")
     if base_model is not None and width_mult is not None:
         raise ValueError("pass either base_model or width_mult, not both")
     if delta_model is not None and base_model is None:
@@ -249,6 +312,7 @@ def param_roles(
             wdims = None  # model is the base: nothing scales, classify by module type, m = 1
 
     used: set[str] = set()
+    ambiguous: dict[str, str] = {}  # name -> "shape (..) in Module", for one error at the end
 
     def one_name(n: str) -> tuple[str, float]:
         shape = shapes[n]
@@ -282,16 +346,17 @@ def param_roles(
         else:
             role = "vector"  # no width dim
         if role is None:
-            raise ValueError(
-                f"cannot tell the role of parameter {n!r} (shape {tuple(shape)}, module "
-                f"{type(module).__name__}); pass base_model= (with delta_model= at the base "
-                f"width) or overrides={{{n!r}: <one of {ROLES}>}}"
-            )
+            if default_role is not None:
+                return default_role, m
+            ambiguous[n] = f"shape {tuple(shape)} in {type(module).__name__}"
+            return "hidden", m  # a placeholder: the error below is raised before returning
         return role, m
 
     out: dict[str, ParamInfo] = {}
     for _, names in by_tensor.values():
         per_name = [one_name(n) for n in names]
+        if any(n in ambiguous for n in names):
+            continue  # reported together below
         roles = {r for r, _ in per_name}
         role, m = per_name[0]
         if len(roles) > 1:
@@ -307,7 +372,50 @@ def param_roles(
             else:
                 raise ValueError(f"one tensor has conflicting roles: {pairs}; use overrides=")
         out[names[0]] = ParamInfo(role, m, tuple(names))
+    if ambiguous:
+        raise _ambiguous_error(ambiguous, list(shapes), shapes_known=wdims is not None)
     unused = [p for p in overrides if p not in used]
     if unused:
         raise ValueError(f"override patterns matched no parameter: {unused}")
     return out
+
+
+def _check_width_mult(width_mult: object) -> None:
+    if isinstance(width_mult, bool) or not isinstance(width_mult, Real):
+        raise TypeError(
+            f"Invalid width_mult value: {width_mult!r}; expected a number (the model's width "
+            f"over the base width, e.g. width_mult=4.0), got {type(width_mult).__name__}"
+        )
+    if not (0.0 < width_mult < math.inf):
+        raise ValueError(
+            f"Invalid width_mult value: {width_mult!r}; it is the model's width over the base "
+            "width, so it must be positive and finite"
+        )
+
+
+def _pattern(name: str, ambiguous: Mapping[str, str], all_names: list[str]) -> str:
+    """``layers.3.attn.w`` -> ``layers.*.attn.w`` where that glob matches only ambiguous names."""
+    glob = ".".join("*" if part.isdigit() else part for part in name.split("."))
+    matched = [n for n in all_names if fnmatch.fnmatchcase(n, glob)]
+    return glob if all(n in ambiguous for n in matched) else name
+
+
+def _ambiguous_error(
+    ambiguous: Mapping[str, str], all_names: list[str], *, shapes_known: bool
+) -> AmbiguousRoleError:
+    names = list(ambiguous)
+    listed = ", ".join(f"{n!r} ({ambiguous[n]})" for n in names[:4])
+    if len(names) > 4:
+        listed += f" and {len(names) - 4} more"
+    patterns = list(dict.fromkeys(_pattern(n, ambiguous, all_names) for n in names))
+    example = "{" + ", ".join(f"{p!r}: 'hidden'" for p in patterns[:4]) + "}"
+    how = "module types and shapes" if shapes_known else "module types"
+    noun = f"{len(names)} parameter" + ("s" if len(names) > 1 else "")
+    also = ", or pass base_model= (with delta_model= at the base width) so that shapes decide"
+    if shapes_known:
+        also = ""
+    return AmbiguousRoleError(
+        f"cannot tell the role of {noun} from {how}: {listed}. Name the role with "
+        f"overrides={{glob pattern: role}} (roles {ROLES}), e.g. overrides={example}{also}",
+        names,
+    )

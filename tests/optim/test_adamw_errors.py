@@ -72,6 +72,45 @@ def test_bad_group_hyperparameters_name_the_group():
     assert len(opt.param_groups) == 1, "a refused group must not be added"
 
 
+# A number given as a string (YAML reads `lr: 1e-3` as one) or None: torch's own check fails
+# with "'<=' not supported between instances of 'float' and 'str'"; ours names the key and the
+# group in torch's words.
+BAD_TYPES = {
+    "lr_mult-string": ({"lr_mult": "2"}, "Invalid lr_mult value: '2' in param group 1"),
+    "wd_mult-none": ({"wd_mult": None}, "Invalid wd_mult value: None in param group 1"),
+    "lr-string": ({"lr": "1e-3"}, "Invalid learning rate: '1e-3' in param group 1"),
+    "eps-string": ({"eps": "1e-8"}, "Invalid epsilon value: '1e-8' in param group 1"),
+    "beta-string": ({"betas": (0.9, "0.95")}, "Invalid beta parameter at index 1: '0.95' in "),
+    "betas-string": ({"betas": "0.9,0.95"}, "Invalid betas: '0.9,0.95' in param group 1"),
+    "weight_decay-string": ({"weight_decay": "0.1"}, "Invalid weight_decay value: '0.1' in "),
+    "peak_lr-string": ({"peak_lr": "1e-3"}, "Invalid peak_lr value: '1e-3' in param group 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TYPES.values()), ids=list(BAD_TYPES))
+def test_group_values_of_the_wrong_type_name_the_group_and_key(case):
+    group, message = case
+    p, q = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    opt = fused_mup.AdamW([p])
+    with pytest.raises(TypeError) as err:
+        opt.add_param_group({"params": [q], **group})
+    assert str(err.value).startswith(message)
+    assert "expected" in str(err.value)
+    assert len(opt.param_groups) == 1, "a refused group must not be added"
+    with pytest.raises(TypeError, match="in param group 1"):
+        fused_mup.AdamW([{"params": [p]}, {"params": [q], **group}])
+
+
+def test_constructor_value_of_the_wrong_type_names_the_argument():
+    p = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(TypeError) as theirs:
+        torch.optim.AdamW(p, lr="1e-3")
+    assert "not supported between instances" in str(theirs.value)  # what torch says
+    with pytest.raises(TypeError) as ours:
+        fused_mup.AdamW(p, lr="1e-3")
+    assert str(ours.value) == "Invalid learning rate: '1e-3'; expected a number, got str"
+
+
 def test_unknown_options_are_refused():
     p = [torch.zeros(3, requires_grad=True)]
     with pytest.raises(ValueError, match="Invalid backend: 'cuda'"):

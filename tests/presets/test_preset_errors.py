@@ -7,6 +7,7 @@ import torch
 from preset_models import GPT2Like, LlamaLike, RawParam, mlp, roles_of
 from torch import nn
 
+import fused_mup
 from fused_mup.presets import param_groups, param_roles
 
 
@@ -67,3 +68,97 @@ def test_argument_errors(kwargs: dict, match: str) -> None:
 def test_base_model_name_mismatch() -> None:
     with pytest.raises(ValueError, match="missing"):
         param_groups(GPT2Like(32), "mup", base_model=LlamaLike(16))
+
+
+# Likely mistakes that used to fail deep inside (AttributeError on a generator, '<=' between a
+# float and a str): each error names the argument and says what to pass.
+ARGUMENT_TYPE_ERRORS = {
+    "parameters-not-module": (
+        lambda m: param_groups(m.parameters(), "sp"),
+        TypeError,
+        "param_groups: model must be an nn.Module, got generator; pass the model itself, e.g. "
+        "param_groups(model, ...): roles come from module types and parameter names, which "
+        "model.parameters() does not carry",
+    ),
+    "create-optimizer-parameters": (
+        lambda m: fused_mup.create_optimizer(m.parameters()),
+        TypeError,
+        "create_optimizer: model must be an nn.Module, got generator; pass the model itself, "
+        "e.g. create_optimizer(model, ...): roles come from module types and parameter names, "
+        "which model.parameters() does not carry",
+    ),
+    "param-roles-named-parameters": (
+        lambda m: param_roles(list(m.named_parameters()), width_mult=2.0),
+        TypeError,
+        "param_roles: model must be an nn.Module, got list",
+    ),
+    "base-shapes-file": (
+        lambda m: param_groups(m, "mup", base_model="base_shapes.bsh"),
+        TypeError,
+        "param_groups: base_model must be an nn.Module, got str; pass a smaller instance of the "
+        "same architecture (it may live on the meta device); mup's base-shape dicts and .bsh "
+        "files are not read",
+    ),
+    "delta-shapes-dict": (
+        lambda m: param_groups(m, "mup", base_model=mlp(8), delta_model={"0.weight": (8, 10)}),
+        TypeError,
+        "param_groups: delta_model must be an nn.Module, got dict",
+    ),
+    "preset-typo": (
+        lambda m: param_groups(m, "muP", width_mult=2.0),
+        ValueError,
+        "unknown preset 'muP'; did you mean 'mup'? presets: ['mup', 'mup_lr', 'sp', 'sp_emb', "
+        "'sp_emb_sqrt']",
+    ),
+    "preset-not-a-name": (
+        lambda m: param_groups(m, 2),
+        TypeError,
+        "preset must be a preset name (['mup', 'mup_lr', 'sp', 'sp_emb', 'sp_emb_sqrt']) or a "
+        "{role: exponent} table, got int",
+    ),
+    "width-mult-zero": (
+        lambda m: param_groups(m, "mup", width_mult=0),
+        ValueError,
+        "Invalid width_mult value: 0; it is the model's width over the base width, so it must "
+        "be positive and finite",
+    ),
+    "width-mult-string": (
+        lambda m: param_groups(m, "mup", width_mult="4"),
+        TypeError,
+        "Invalid width_mult value: '4'; expected a number (the model's width over the base "
+        "width, e.g. width_mult=4.0), got str",
+    ),
+    "lr-string": (
+        lambda m: param_groups(m, "sp", lr="1e-3"),
+        TypeError,
+        "Invalid lr value: '1e-3'; expected a number, got str",
+    ),
+    "decay-string": (
+        lambda m: param_groups(m, "sp", decay={"vector": "0"}),
+        TypeError,
+        "Invalid decay['vector'] value: '0'; expected a number, got str",
+    ),
+    "overrides-list": (
+        lambda m: param_groups(m, "sp", overrides=["0.weight"]),
+        TypeError,
+        "overrides must be a mapping {glob pattern: role}, e.g. "
+        "overrides={'*.in_proj_weight': 'hidden'}, got list",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "case", list(ARGUMENT_TYPE_ERRORS.values()), ids=list(ARGUMENT_TYPE_ERRORS)
+)
+def test_argument_mistakes_name_the_argument(case) -> None:
+    call, exc_type, message = case
+    with pytest.raises(exc_type) as err:
+        call(mlp(16))
+    assert type(err.value) is exc_type
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("bad", [-2.0, float("inf"), float("nan")])
+def test_width_mult_must_be_positive_and_finite(bad: float) -> None:
+    with pytest.raises(ValueError, match="Invalid width_mult value"):
+        param_roles(mlp(16), width_mult=bad)
