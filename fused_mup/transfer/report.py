@@ -83,10 +83,10 @@ def _setup_lines(
 def _seed_label(n: int) -> str:
     # what the cells of a per-width table are: the caption says it once
     if n >= MIN_SEEDS:
-        return f"mean over {n} seeds [{INTERVAL_METHOD}]"
+        return f"mean over {n} seeds, [{INTERVAL_METHOD}]"
     if n == 1:
         return "1 seed, no interval"
-    return f"mean over {n} seeds (range over seeds; no interval below {MIN_SEEDS} seeds)"
+    return f"mean over {n} seeds, (range over seeds): no interval below {MIN_SEEDS} seeds"
 
 
 def _cell(values: np.ndarray, nd: int) -> str:
@@ -94,6 +94,10 @@ def _cell(values: np.ndarray, nd: int) -> str:
     if s["mean"] is None:
         return "–"
     out = _fmt(s["mean"], nd)
+    if 0 < s["n"] < np.asarray(values).size:  # some seeds undefined: say on how many
+        out += f" (n={s['n']})"
+        if s["n"] < 2:
+            return out
     if s["interval"] is not None:
         lo, hi = s["interval"]
         return out + f" [{_fmt(lo, nd)}, {_fmt(hi, nd)}]"
@@ -128,7 +132,7 @@ def claim_sections(
         )
     if not verdicts:
         lines.append("- (needs the presets sp, sp_emb and mup_lr)")
-    lines += ["", f"## Share of SP's loss gap closed ({cap})", ""]
+    lines += ["", f"## Share of SP's loss gap closed: {cap}", ""]
     for key, gap, ref in (
         ("gap_closed", "gap", "mup_lr"),
         ("gap_closed_vs_mup", "gap_vs_mup", "mup"),
@@ -151,7 +155,7 @@ def claim_sections(
         lines += [f"| *gap L*_sp − L*_{ref}* | " + " | ".join(cells) + " |", ""]
     tables = [("L_star", "Best loss L*(d)", 4), ("log2_eta_star", "log2 η*(d) per seed", 2)]
     for key, title, nd in tables:
-        lines += [f"## {title} ({cap})", ""]
+        lines += [f"## {title}: {cap}", ""]
         if key == "log2_eta_star":
             lines += ["– : the seed's best LR is at the grid edge (η* only bounded).", ""]
         lines += [head, rule]
@@ -161,7 +165,7 @@ def claim_sections(
         lines += [""]
     if "instability" in sweep.aux:
         lines += [
-            f"## Stability at the best LR ({cap})",
+            f"## Stability at the best LR: {cap}",
             "",
             "Instability: mean excess of the training loss over its running median (10 "
             "steps), nats; 0 = never above it; each seed at its own best LR. Curves: "

@@ -102,7 +102,7 @@ def test_end_to_end_cli_and_report(tmp_path):
     for section in ("## Best loss L*(d)", "## Stability at the best LR", "## Compute"):
         assert section in report
     # 2 seeds: ranges labelled as ranges, and no interval anywhere
-    assert "range over seeds; no interval below 3 seeds" in report
+    assert "(range over seeds): no interval below 3 seeds" in report
     assert "interval: none (2 seeds < 3)" in report and "t-interval [" not in report
     assert "## Per-seed values at d=32 (seeds 0, 1)" in report
     for fig in ("transfer.png", "eta_star.png", "curves.png"):
