@@ -23,11 +23,11 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from torch.distributed.checkpoint import DefaultLoadPlanner
-from torch.distributed.checkpoint._traverse import get_element, set_element
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 
 from fused_mup.optim import to_torch_state_dict
 from fused_mup.optim.validation import EXTRA_GROUP_KEYS
+from fused_mup.torch_compat import get_element, set_element
 
 __all__ = ["LoadPlanner", "drop_default_group_keys", "fill_default_group_keys"]
 

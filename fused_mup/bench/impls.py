@@ -164,7 +164,7 @@ def _torch_builder(clip: bool = False, amp: bool = False, **kw: Any) -> Callable
 def _compile_build(ctx: BuildContext) -> tuple[Any, Callable[[], Any]]:
     # Dynamo's recompile limit is per code object and Optimizer.step is shared by every
     # instance; without a reset, later workloads silently fall back to eager.
-    torch._dynamo.reset()
+    torch.compiler.reset()
     opt = torch.optim.AdamW(
         torch_groups(ctx.groups), lr=BASE_LR, betas=BETAS, eps=EPS, amsgrad=ctx.amsgrad,
         foreach=True,
@@ -271,5 +271,5 @@ def default_impls() -> list[Impl]:
              _import_check("optimi", cuda_only=False)),
         # Last: compiling can take minutes, so a time budget cuts it first.
         Impl("torch_compile", "torch.compile'd AdamW(foreach=True).step", _compile_build,
-             cleanup=lambda: torch._dynamo.reset()),  # compiled graphs keep the state tensors alive
+             cleanup=torch.compiler.reset),  # compiled graphs keep the state tensors alive
     ]  # fmt: skip

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.amp.grad_scaler import OptState
 
 from fused_mup import launcher
 from fused_mup.kernels.tables import ClipSlot, Update
@@ -33,6 +32,7 @@ from fused_mup.optim.validation import (
     to_scalar,
 )
 from fused_mup.reference import adamw_step_
+from fused_mup.torch_compat import OptState
 
 __all__ = ["AdamW", "adamw"]
 
@@ -361,7 +361,7 @@ class AdamW(torch.optim.Optimizer):
         (device,) = devices
         scale = scaler_state = None
         if grad_scaler is not None and grad_scaler.is_enabled():
-            scale, scaler_state = take_scaler(grad_scaler, id(self))
+            scale, scaler_state = take_scaler(grad_scaler, self)
         scale_t = scale if scale is not None else self._amp_tensors(device, None, None)[0]
         refs = self._planner.point_at_grads(params, grads)
         clip = fused_grad_norm(plan, grads, device, scale_t, max_norm, self.kernel_config)

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.amp.grad_scaler import OptState
 
 from fused_mup import launcher
 from fused_mup.kernels.tables import CLIP_SLOTS, ClipSlot
 from fused_mup.launcher import KernelConfig
 from fused_mup.optim.plan import Plan, real_view
 from fused_mup.reference import grad_norm_sumsq
+from fused_mup.torch_compat import OptState, scaler_state
 
 __all__ = ["PendingClip", "fused_grad_norm", "take_scaler"]
 
@@ -26,21 +26,27 @@ class PendingClip:
     grad_scale: Tensor | None  # GradScaler's scale, when the norm replaced its unscale pass
 
 
-def take_scaler(grad_scaler: torch.amp.GradScaler, optimizer_id: int):
-    """GradScaler's scale and this optimizer's entry in it, checked as unscale_() does."""
-    if grad_scaler._scale is None:
+def take_scaler(grad_scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer):
+    """GradScaler's scale and this optimizer's entry in it, checked as unscale_() does; or
+    (None, None) after the scaler's own ``unscale_()`` where this torch's GradScaler keeps
+    them under other names (:func:`fused_mup.torch_compat.scaler_state`)."""
+    found = scaler_state(grad_scaler, id(optimizer))
+    if found is None:
+        grad_scaler.unscale_(optimizer)
+        return None, None
+    scale, state = found
+    if scale is None:
         raise RuntimeError(
             "clip_grad_norm_(grad_scaler=...) needs a scaler that has scaled a loss: call "
             "scaler.scale(loss).backward() first."
         )
-    state = grad_scaler._per_optimizer_states[optimizer_id]
     if state["stage"] is OptState.UNSCALED:
         raise RuntimeError(
             "unscale_() has already been called on this optimizer since the last update()."
         )
     if state["stage"] is OptState.STEPPED:
         raise RuntimeError("unscale_() is being called after step().")
-    return grad_scaler._scale, state
+    return scale, state
 
 
 def fused_grad_norm(

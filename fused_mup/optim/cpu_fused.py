@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from fused_mup import torch_compat
 from fused_mup.hyperparams import Effective
 from fused_mup.kernels.tables import ClipSlot, Update
 
@@ -85,7 +86,7 @@ def cpu_fused_step(
                 keep = torch.where(found.reshape(()) == 0, keep, 1.0)
             torch._foreach_mul_(fused.params, keep)
     torch._foreach_add_(fused.steps, 1)
-    torch._fused_adamw_(
+    torch_compat.fused_adamw_(
         fused.params,
         grads,
         fused.exp_avgs,
