@@ -163,7 +163,7 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 class _Structure:
     """Module-type facts used when shapes alone cannot tell a role."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, owners: Mapping[str, tuple[nn.Module, str]]) -> None:
         mods = list(model.named_modules(remove_duplicate=False))
         embs = [m for _, m in mods if isinstance(m, nn.Embedding)]
         # The token table is the largest one (positional tables are smaller than a vocab).
@@ -180,7 +180,7 @@ class _Structure:
             # reads the input if it is a Linear or a conv (not, e.g., the in_proj_weight of a
             # TransformerEncoder's attention); the last Linear is the readout.
             first = next((n for n, p in model.named_parameters() if p.ndim >= 2), None)
-            owner = _owners(model).get(_canonical(first)) if first is not None else None
+            owner = owners.get(_canonical(first)) if first is not None else None
             if owner is not None and owner[1] == "weight" and _is_matrix_layer(owner[0]):
                 inputs = [owner[0]]
             if not readouts and linears:
@@ -294,7 +294,7 @@ def param_roles(
     delta_model = None if delta_model is None else unwrap_model(delta_model)
     owners = _owners(model)
     shapes = _shapes(model)
-    structure = _Structure(model)
+    structure = _Structure(model, owners)
     # Group all names of one tensor (ties), keep first-seen order; skip frozen params.
     by_tensor: dict[int, tuple[torch.Tensor, list[str]]] = {}
     for n, p in named_params(model):
