@@ -44,6 +44,7 @@ __all__ = [
     "launch_grad_norm",
     "no_clip",
     "require_triton",
+    "rng_count",
     "triton_available_for",
     "update_grad_addresses",
     "upload_group_table",
@@ -291,6 +292,7 @@ def launch(
             found_inf,
             clip,
             seed,
+            rng_count(key.device),
             PARAM_DTYPE=_tl_dtype(key.param_dtype),
             STATE_DTYPE=_tl_dtype(key.state_dtype),
             AMSGRAD=key.amsgrad,
@@ -299,6 +301,19 @@ def launch(
             BLOCK=config.block,
             num_warps=config.num_warps,
         )
+
+
+_RNG_COUNT: dict[torch.device, torch.Tensor] = {}
+
+
+def rng_count(device: torch.device) -> torch.Tensor:
+    """int64 [2] on ``device``: stochastic-rounding launches counted so far (the noise key once
+    the fp32 step stops counting at 2**24), and the counting kernel's scratch. One per device
+    for the process, never freed: a plan rebuild, a resume or a CUDA graph replay reads and
+    advances the same buffer."""
+    if device not in _RNG_COUNT:
+        _RNG_COUNT[device] = torch.zeros(2, dtype=torch.int64, device=device)
+    return _RNG_COUNT[device]
 
 
 _NO_CLIP: dict[torch.device, torch.Tensor] = {}

@@ -305,6 +305,7 @@ def adamw_kernel(
     found_inf_ptr,  # fp32 scalar: nonzero skips the whole step
     clip_ptr,  # fp32 [CLIP_SLOTS]: ClipSlot.SUMSQ and MAX_NORM (0 and inf: no clipping)
     seed,  # stochastic rounding seed
+    rng_count_ptr,  # int64 [2]: launches counted so far, programs done in this one
     PARAM_DTYPE: tl.constexpr,  # also the grad dtype
     STATE_DTYPE: tl.constexpr,
     AMSGRAD: tl.constexpr,
@@ -345,9 +346,10 @@ def adamw_kernel(
     # its step count included. Clipping: torch's coefficient, min(1, max_norm / (norm + 1e-6)),
     # NaN for a NaN norm as torch's clamp gives (the default minimum would drop the NaN and
     # update every finite element with its unclipped grad).
-    inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
+    # Correctly rounded, as torch divides (a plain `/` is div.full.f32, up to 2 ulp off).
+    inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr).to(tl.float32))
     clip_coef = tl.minimum(
-        tl.load(clip_ptr + C_MAX_NORM) / (tl.sqrt_rn(tl.load(clip_ptr + C_SUMSQ)) + 1e-6),
+        tl.div_rn(tl.load(clip_ptr + C_MAX_NORM), tl.sqrt_rn(tl.load(clip_ptr + C_SUMSQ)) + 1e-6),
         1.0,
         propagate_nan=tl.PropagateNan.ALL,
     ).to(tl.float32)
@@ -363,7 +365,18 @@ def adamw_kernel(
     weight1 = (1.0 - beta1).to(tl.float32)
     beta2_f = beta2.to(tl.float32)
     weight2 = (1.0 - beta2).to(tl.float32)
-    rng_seed = seed + step.to(tl.int64) * 1_000_003 + tensor_idx * 7_919
+    if UPDATE == C_UPDATE_STOCHASTIC:
+        # The noise key is the step count, exact as an fp32 up to 2**24. From there on torch's
+        # fp32 step stops counting (step + 1 == step), and a key from it would round the same
+        # elements up on every step: the key becomes a launch count on the device instead (kept
+        # out of the range below, so that runs and resumes before 2**24 keep their noise).
+        launches = tl.load(rng_count_ptr)
+        noise_step = tl.where(
+            old_step < 16777216.0, step.to(tl.int64), 16777217 + launches.to(tl.int64)
+        )
+    else:
+        noise_step = step.to(tl.int64)
+    rng_seed = seed + noise_step * 1_000_003 + tensor_idx * 7_919
 
     # On an inf step the range is empty: nothing is read or written.
     end = tl.where(update, chunk_end, start)
@@ -399,3 +412,10 @@ def adamw_kernel(
     if finished == n_chunks - 1:
         tl.store(step_ptr, step)
         tl.store(done_count_ptr + tensor_idx, 0)
+    if UPDATE == C_UPDATE_STOCHASTIC:
+        # The same rule for the launch count: the launch's last program counts it, after every
+        # program has read it (the barrier above, then acq_rel).
+        programs_done = tl.atomic_add(rng_count_ptr + 1, 1, sem="acq_rel")
+        if programs_done == tl.num_programs(0) - 1:
+            tl.store(rng_count_ptr, launches + 1)
+            tl.store(rng_count_ptr + 1, 0)

@@ -61,8 +61,9 @@ def grad_norm_kernel(
     start = tl.multiple_of(tl.load(chunk_row + C_CHUNK_START), BLOCK)
     row = tensor_table_ptr + tensor_idx * C_TENSOR_COLS
     grad_addr = tl.load(row + C_GRAD)
-    # Unscale before squaring so that a large loss scale cannot overflow the fp32 sum.
-    inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
+    # Unscale before squaring so that a large loss scale cannot overflow the fp32 sum;
+    # correctly rounded, as torch divides (a plain `/` is div.full.f32, up to 2 ulp off).
+    inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr).to(tl.float32))
 
     end = tl.load(chunk_row + C_CHUNK_END)
     # Whole blocks unmasked, with vector loads where this grad is 16-byte aligned (decided per

@@ -43,6 +43,7 @@ ADAMW_SIGNATURE = {
     "found_inf_ptr": "*fp32",
     "clip_ptr": "*fp32",
     "seed": "i32",
+    "rng_count_ptr": "*i64",
 }
 NORM_SIGNATURE = {
     "tensor_table_ptr": "*i64",
@@ -113,7 +114,9 @@ def compile_one(fn, signature, constexprs, arch, num_warps=4) -> dict:
         "ptx": dict(
             Counter(
                 re.findall(
-                    r"(ld\.global[\w.]*|st\.global[\w.]*|atom\.[\w.]*|m(?:in|ax)\.NaN\.f32)", ptx
+                    r"(ld\.global[\w.]*|st\.global[\w.]*|atom\.[\w.]*|m(?:in|ax)\.NaN\.f32"
+                    r"|div[\w.]*\.f32)",
+                    ptx,
                 )
             )
         ),
