@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from fused_mup.hyperparams import effective
 from fused_mup.ignored_keys import install_ignored_keys_hook
 from fused_mup.presets.roles import (
     ROLES,
@@ -47,7 +48,7 @@ install_ignored_keys_hook()
 
 
 def _pow(m: float, e: float) -> float:
-    # m ** -1 written as 1 / m so that bake reproduces MuAdamW's lr / m bit for bit.
+    # m ** -1 as 1 / m: baked and unbaked groups then apply lr · lr_mult, the same float.
     if e == 0:
         return 1.0
     return 1.0 / (m ** (-e)) if e < 0 else m**e
@@ -241,26 +242,22 @@ def param_groups(
             groups[key].setdefault("tied_names", {})[n] = list(info.names[1:])
     out = list(groups.values())
     if bake:
-        out = [_bake(g, exps[g["role"]], dec[g["role"]]) for g in out]
+        out = [_bake(g) for g in out]
     return out
 
 
-def _bake(g: dict[str, Any], e: float, d: float) -> dict[str, Any]:
-    m, lr, wd = g["width_mult"], g["lr"], g["weight_decay"]
-    # Divide when e < 0 so baked mup equals MuAdamW's lr / m and wd * m bit for bit.
-    lr_eff = lr / m ** (-e) if e < 0 else lr * m**e
-    if g["weight_decay_mode"] == "coupled":
-        wd_eff = (wd * m ** (-e) if e < 0 else wd / m**e) * d
-    else:
-        wd_eff = wd * d
-        if wd_eff != 0.0:
-            if lr_eff == 0.0:
-                raise ValueError(f"cannot bake independent decay with lr=0 ({g['param_names']})")
-            wd_eff /= lr_eff  # torch decays by lr_t * wd = s_t * lr_eff * wd = s_t * wd_eff
+def _bake(g: dict[str, Any]) -> dict[str, Any]:
+    """The group as torch.optim.AdamW takes it: :func:`~fused_mup.hyperparams.effective`
+    lr and weight decay, with independent decay relative to the group's lr (the schedule's
+    peak, as schedulers scale it)."""
+    eff = effective(g, g["lr"], peak=g["lr"])
+    decays = g["weight_decay"] != 0.0 and g["wd_mult"] != 0.0
+    if g["weight_decay_mode"] == "independent" and decays and eff.lr == 0.0:
+        raise ValueError(f"cannot bake independent decay with lr=0 ({g['param_names']})")
     return {
         **g,
-        "lr": lr_eff,
-        "weight_decay": wd_eff,
+        "lr": eff.lr,
+        "weight_decay": eff.torch_weight_decay,
         "lr_mult": 1.0,
         "wd_mult": 1.0,
         "weight_decay_mode": "coupled",
