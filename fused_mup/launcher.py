@@ -40,11 +40,13 @@ __all__ = [
     "KernelConfig",
     "TensorSlot",
     "build_bucket",
+    "capturing",
     "launch",
     "launch_grad_norm",
     "no_clip",
     "require_triton",
     "rng_count",
+    "select_tensors",
     "triton_available_for",
     "update_grad_addresses",
     "upload_group_table",
@@ -96,20 +98,27 @@ class TensorSlot:
     aux: torch.Tensor | None = None  # Kahan compensation or fp32 master weights
 
 
-@dataclass
+@dataclass(eq=False)
 class Bucket:
+    """One launch's tables. It keeps no param or state tensor: the tables hold raw addresses,
+    which the optimizer checks before every step, so offloading a tensor frees it at once."""
+
     key: BucketKey
-    slots: list[TensorSlot]
     tensor_table_host: torch.Tensor  # int64 [n, TENSOR_COLS], grad column rewritten per step
     tensor_table: torch.Tensor  # the same on the device
-    chunk_table: torch.Tensor  # int64 [n_programs, CHUNK_COLS]
+    chunk_table_host: torch.Tensor  # int64 [n_chunks, CHUNK_COLS], every tensor's chunks
+    chunk_table: torch.Tensor  # the device table; its first n_programs rows are launched
     done_count: torch.Tensor  # int32 [n], scratch for the last-program-writes-step rule
-    n_programs: int
-    # Keeps every storage the tables point at alive, even if a tensor's .data is swapped.
-    storages: list
-    partials: torch.Tensor  # fp32 [n_programs + n_runs], scratch of the grad-norm kernel
+    n_programs: int  # programs of this step: the chunks of the tensors that have a grad
+    partials: torch.Tensor  # fp32 [n_chunks + n_runs], scratch of the grad-norm kernel
     norm_done_count: torch.Tensor  # int32 [1 + n_runs]
     grad_addresses: list[int] = field(default_factory=list)
+    # Which tensors the device chunk table launches (None: all).
+    selected: tuple[bool, ...] | None = None
+    # A CUDA graph captured a launch of this bucket: its device tables are read by address on
+    # every replay, so they are never written or freed again (see `_writable`).
+    captured: bool = False
+    retired: list[torch.Tensor] = field(default_factory=list)  # captured tables replaced since
 
 
 def _tl_dtype(dtype: torch.dtype):
@@ -205,25 +214,12 @@ def build_bucket(
     n_runs = -(-len(chunks) // config.block)
     return Bucket(
         key=key,
-        slots=slots,
         tensor_table_host=table,
         tensor_table=_upload(table, key.device),
+        chunk_table_host=chunk_host,
         chunk_table=_upload(chunk_host, key.device),
         done_count=torch.zeros(n, dtype=torch.int32, device=key.device),
         n_programs=len(chunks),
-        storages=[
-            t.untyped_storage()
-            for slot in slots
-            for t in (
-                slot.param,
-                slot.exp_avg,
-                slot.exp_avg_sq,
-                slot.max_exp_avg_sq,
-                slot.aux,
-                slot.step,
-            )
-            if t is not None
-        ],  # fmt: skip
         # Per-program partials, then one sum per run of `block` programs (the grad-norm
         # kernel's two-level reduction), and a counter for each level.
         partials=torch.empty(len(chunks) + n_runs, dtype=torch.float32, device=key.device),
@@ -232,13 +228,52 @@ def build_bucket(
     )
 
 
+def capturing(device: torch.device) -> bool:
+    """Whether work enqueued on ``device`` now is being captured into a CUDA graph."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+# The device tables of a bucket that a captured graph reads by address.
+_GRAPH_TABLES = ("tensor_table", "chunk_table", "done_count", "partials", "norm_done_count")
+
+
+def _writable(bucket: Bucket, name: str) -> torch.Tensor:
+    """``bucket.<name>``, safe to write: once a graph captured it, a fresh copy takes its place
+    and the captured one is left as it is (the optimizer keeps it alive for the graph)."""
+    table = getattr(bucket, name)
+    if bucket.captured:
+        bucket.retired += [getattr(bucket, n) for n in _GRAPH_TABLES]
+        fresh = {n: getattr(bucket, n).clone() for n in _GRAPH_TABLES}
+        for n, t in fresh.items():
+            setattr(bucket, n, t)
+        bucket.captured = False
+        table = fresh[name]
+    return table
+
+
 def update_grad_addresses(bucket: Bucket, grad_addresses: list[int]) -> None:
     """Points the table at this step's grads; uploads only if any grad moved."""
     if grad_addresses == bucket.grad_addresses:
         return
     bucket.tensor_table_host[:, TensorCol.GRAD] = torch.tensor(grad_addresses, dtype=torch.int64)
-    _upload(bucket.tensor_table_host, bucket.key.device, out=bucket.tensor_table)
+    _upload(bucket.tensor_table_host, bucket.key.device, out=_writable(bucket, "tensor_table"))
     bucket.grad_addresses = list(grad_addresses)
+
+
+def select_tensors(bucket: Bucket, selected: tuple[bool, ...] | None) -> None:
+    """Launches only the chunks of the selected tensors (None: all): a param without a grad this
+    step (an MoE expert without tokens) is skipped, as torch skips it, without a new plan."""
+    if selected == bucket.selected:
+        return
+    host = bucket.chunk_table_host
+    if selected is not None and not all(selected):
+        keep = torch.tensor(selected, dtype=torch.bool)[host[:, ChunkCol.TENSOR]]
+        host = host[keep]
+    n = host.shape[0]
+    if n:
+        _upload(host, bucket.key.device, out=_writable(bucket, "chunk_table")[:n])
+    bucket.n_programs = n
+    bucket.selected = selected
 
 
 def upload_group_table(rows: Sequence[Sequence[float]], device: torch.device) -> torch.Tensor:
@@ -282,6 +317,7 @@ def launch(
     key = bucket.key
     if clip is None:
         clip = no_clip(key.device)
+    bucket.captured |= capturing(key.device)
     with _device_guard(key.device):
         kernels.adamw_kernel[(bucket.n_programs,)](
             bucket.tensor_table,
@@ -341,6 +377,7 @@ def launch_grad_norm(
     clip buffer, adding to its SUMSQ slot when ``accumulate`` (for a second bucket)."""
     if bucket.n_programs == 0:
         return
+    bucket.captured |= capturing(bucket.key.device)
     with _device_guard(bucket.key.device):
         kernels.grad_norm_kernel[(bucket.n_programs,)](
             bucket.tensor_table,

@@ -435,6 +435,9 @@ def adamw(
     if plan.cpu_fused:
         params = [p for group in groups for p in group["params"]]
         for fused in plan.cpu_fused:
+            fused = fused.having_grads(plan.present)
+            if not fused.flat:
+                continue
             cpu_fused_step(
                 fused,
                 cpu_fused_grads(plan, fused, params, grads),
@@ -445,6 +448,8 @@ def adamw(
             )
 
     for ref in plan.plain:
+        if grads[ref.flat] is None:  # a member without a grad this step: skipped, as torch
+            continue
         group = groups[ref.group]
         p = group["params"][ref.index]
         state = opt.state[p]

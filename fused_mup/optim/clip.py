@@ -67,7 +67,8 @@ def fused_grad_norm(
     for n, (bucket, _) in enumerate(plan.buckets):
         launcher.launch_grad_norm(bucket, grad_scale, clip, max_norm, n > 0, config)
     if plan.unlaunched:
-        sumsq = grad_norm_sumsq([real_view(grads[i]) for i in plan.unlaunched], grad_scale)
+        having = [real_view(grads[i]) for i in plan.unlaunched if grads[i] is not None]
+        sumsq = grad_norm_sumsq(having, grad_scale)
         if plan.buckets:
             sumsq = sumsq + clip[ClipSlot.SUMSQ]
         clip[ClipSlot.SUMSQ] = sumsq

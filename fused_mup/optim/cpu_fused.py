@@ -52,6 +52,25 @@ class CpuFusedGroup:
     steps: list[Tensor] = field(default_factory=list)
     views: bool = False  # some grad needs a real or local view (complex, DTensor)
 
+    def having_grads(self, present: list[bool]) -> CpuFusedGroup:
+        """The group without its members that have no grad this step (torch skips those)."""
+        keep = [k for k, i in enumerate(self.flat) if present[i]]
+        if len(keep) == len(self.flat):
+            return self
+        pick = lambda xs: [xs[k] for k in keep] if xs else xs  # noqa: E731
+        return CpuFusedGroup(
+            self.group,
+            self.amsgrad,
+            self.maximize,
+            pick(self.flat),
+            pick(self.params),
+            pick(self.exp_avgs),
+            pick(self.exp_avg_sqs),
+            pick(self.max_exp_avg_sqs),
+            pick(self.steps),
+            self.views,
+        )
+
 
 def _grad_divisor(grad_scale: Tensor | None, clip: Tensor | None) -> Tensor | None:
     """torch's kernel divides grads by ``grad_scale``; fold the clip coefficient into it."""

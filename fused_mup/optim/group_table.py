@@ -50,11 +50,13 @@ class GroupTableCache:
     def __init__(self) -> None:
         self.key: tuple | None = None
         self.tables: dict[torch.device, Tensor] = {}
+        # Tables a captured CUDA graph reads by address: kept, never rewritten or freed.
+        self.captured: list[Tensor] = []
 
     def get(self, device: torch.device, rows: list[Effective]) -> Tensor:
         key = tuple(tuple(r[: len(GroupCol)]) for r in rows)
         if key != self.key:
-            self.tables = {}
+            self.tables = {}  # new tensors: a captured old one stays in self.captured
             self.key = key
         table = self.tables.get(device)
         if table is None:
@@ -94,7 +96,10 @@ class GroupTableCache:
                     "make them tensors or run an eager step first."
                 )
             self.get(device, rows)
-        table = self.tables[device].clone()
+        static = self.tables[device]
+        if launcher.capturing(device) and not any(t is static for t in self.captured):
+            self.captured.append(static)  # the graph's clone reads it on every replay
+        table = static.clone()
         for gi, lr, peak in scaled:
             lr64 = lr.to(dtype=torch.float64)
             if peak is None:

@@ -113,8 +113,8 @@ class _Unsupported:
 class Plan:
     """What a step launches, valid while params, grads and states stay where they are."""
 
-    param_addresses: list[int]  # per param in group order; -1 where it had no grad
-    grad_addresses: list[int]
+    param_addresses: list[int]  # per param in group order; -1 where not a member
+    grad_addresses: list[int]  # -1 where no grad
     buckets: list[tuple[Bucket, list[int]]]  # a launch and the flat indices of its slots
     plain: list[ParamRef]  # params updated by the plain-torch twin
     cpu_fused: list[CpuFusedGroup]  # CPU params updated by torch's fused kernel, per group
@@ -122,7 +122,13 @@ class Plan:
     grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
     unlaunched: list[int] = field(default_factory=list)  # flat indices not in a kernel bucket
     sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
-    sizes: list[int] = field(default_factory=list)  # numel per param with a grad, -1 without
+    sizes: list[int] = field(default_factory=list)  # numel per member, -1 for the rest
+    # Members: the params the tables hold, those with a grad or a state when it was built. A
+    # member without a grad is skipped (present False) without a new plan: MoE experts that
+    # got no tokens, LayerDrop, multi-task heads. Only a non-member with a grad rebuilds.
+    members: list[bool] = field(default_factory=list)
+    present: list[bool] = field(default_factory=list)  # per param: has a grad this step
+    grad_ids: list[int] = field(default_factory=list)  # id() of each grad, for re-strided ones
     config: KernelConfig | None = None  # the tile sizes the chunk tables were built with
     state_version: tuple[int, int] = (0, -1)  # id and version of optimizer.state when built
     has_dtensor: bool = False
@@ -207,6 +213,12 @@ def _shard_group(entries: list[_Entry]) -> Any:
     return mesh.get_group()
 
 
+def _has_stepped(state: Any, p: Tensor) -> bool:
+    """Whether ``p`` has a state from earlier steps (read without creating one)."""
+    s = state.get(p) if isinstance(state, dict) else None
+    return bool(s) and "step" in s
+
+
 def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | None]) -> Plan:
     # Validate everything before touching anything, so an error loses no state.
     entries: list[_Entry] = []
@@ -214,6 +226,10 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
     for gi, group in enumerate(opt.param_groups):
         for pi, p in enumerate(group["params"]):
             g = grads[flat]
+            if g is None and _has_stepped(opt.state, p):  # a member, skipped while gradless
+                where = param_name(opt.param_groups, gi, pi)
+                use = _use_kernel(p, opt.backend, where)
+                entries.append(_Entry(ParamRef(flat, gi, pi), p, None, where, use))
             if g is not None:
                 where = param_name(opt.param_groups, gi, pi)
                 if g.is_sparse:
@@ -262,7 +278,7 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
                 if amsgrad:
                     fg.max_exp_avg_sqs.append(real_view(state["max_exp_avg_sq"]))
                 fg.steps.append(state["step"])
-                grad_copies[ref.flat] = local(g).stride() != local(p).stride()
+                grad_copies[ref.flat] = g is not None and local(g).stride() != local(p).stride()
             else:
                 plain.append(ref)
             continue
@@ -295,19 +311,23 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
         slots, indices, addresses = by_key.setdefault(key, ([], [], []))
         slots.append(slot)
         indices.append(ref.flat)
-        grad_copies[ref.flat] = local(g).stride() != target.stride()
-        addresses.append(0 if grad_copies[ref.flat] else local(g).data_ptr())
+        grad_copies[ref.flat] = g is not None and local(g).stride() != target.stride()
+        addresses.append(0 if g is None or grad_copies[ref.flat] else local(g).data_ptr())
 
     buckets = [
         (launcher.build_bucket(key, slots, addresses, opt.kernel_config), indices)
         for key, (slots, indices, addresses) in by_key.items()
     ]
     has_dtensor = DTensor is not None and any(isinstance(e.param, DTensor) for e in entries)
+    members = [False] * len(params)
+    for e in entries:
+        members[e.ref.flat] = True
     return Plan(
-        param_addresses=[
-            local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
-        ],
+        param_addresses=[local(p).data_ptr() if m else -1 for p, m in zip(params, members)],
         grad_addresses=[local(g).data_ptr() if g is not None else -1 for g in grads],
+        members=members,
+        present=[g is not None for g in grads],
+        grad_ids=list(map(id, grads)),
         buckets=buckets,
         plain=plain,
         cpu_fused=list(fused.values()),
@@ -323,6 +343,7 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
         contiguous_params=frozenset()
         if has_dtensor
         else frozenset(i for i in grad_copies if params[i].is_contiguous()),
+        sizes=[p.numel() if m else -1 for p, m in zip(params, members)],
     )
 
 
@@ -354,69 +375,72 @@ class Planner:
 
     def __init__(self) -> None:
         self.plan: Plan | None = None
+        # Buckets a CUDA graph captured: their tables outlive any new plan, for the replays.
+        self.graph_buckets: list[Bucket] = []
 
     def invalidate(self) -> None:
-        self.plan = None
+        """Drops the plan, and with it every reference to params, grads and states (so that
+        offloading them frees their memory now, not at the next step)."""
+        plan, self.plan = self.plan, None
+        if plan is not None:
+            kept = {id(b) for b in self.graph_buckets}
+            self.graph_buckets += [
+                b for b, _ in plan.buckets if (b.captured or b.retired) and id(b) not in kept
+            ]
 
     def current(self, opt: PlannedOptimizer, grads: list[Tensor | None]) -> Plan:
         """The cached plan, or a new one if params or states moved.
 
-        Per step this costs lists of data pointers and sizes and an O(1) check of the state
-        dict; only grads that moved to new tensors are looked at further.
+        Per step this costs lists of data pointers, sizes and grad ids and an O(1) check of the
+        state dict; only grads that moved to new tensors are looked at further.
         """
         params = [p for group in opt.param_groups for p in group["params"]]
         plan = self.plan
+        present = [g is not None for g in grads]
+        members = plan.members if plan is not None else present
         try:
             if plan is None or plan.has_dtensor:
                 grad_addresses = [local(g).data_ptr() if g is not None else -1 for g in grads]
                 param_addresses = [
-                    local(p).data_ptr() if g is not None else -1 for p, g in zip(params, grads)
+                    local(p).data_ptr() if m else -1 for p, m in zip(params, members)
                 ]
             else:  # the common case, without a function call per tensor
                 grad_addresses = [g.data_ptr() if g is not None else -1 for g in grads]
-                param_addresses = [
-                    p.data_ptr() if g is not None else -1 for p, g in zip(params, grads)
-                ]
+                param_addresses = [p.data_ptr() if m else -1 for p, m in zip(params, members)]
             # p.data = p.data[:n] keeps the address: sizes are part of the key too.
-            sizes = [p.numel() if g is not None else -1 for p, g in zip(params, grads)]
+            sizes = [p.numel() if m else -1 for p, m in zip(params, members)]
         except RuntimeError:  # e.g. a sparse grad has no data pointer; the full check says so
             param_addresses, grad_addresses, sizes = [], [], []
         if (
             plan is not None
             and param_addresses == plan.param_addresses
             and sizes == plan.sizes
+            and (present == plan.present or _members_cover(present, plan.members))
             and (id(opt.state), getattr(opt.state, "version", -2)) == plan.state_version
             and _switches(opt.param_groups) == plan.switches
             and opt.kernel_config == plan.config
             and _addresses(plan.state_tensors, plan.has_dtensor) == plan.state_addresses
         ):
-            if grad_addresses != plan.grad_addresses:
-                # New grad tensors (zero_grad(set_to_none=True)): recheck only their layout.
+            grad_ids = list(map(id, grads))
+            if grad_addresses != plan.grad_addresses or grad_ids != plan.grad_ids:
+                # New grad tensors (zero_grad(set_to_none=True)), or a grad re-strided at the
+                # same address (a new view of a reused buffer): recheck only their layout.
                 refuse_during_capture("grads moved to new tensors")
-                copies = plan.grad_copies
-                moved = [
-                    i
-                    for i, (new, old) in enumerate(zip(grad_addresses, plan.grad_addresses))
-                    if new != old and i in copies and grads[i] is not None
-                ]
-                contiguous = plan.contiguous_params
-                for i in moved:
-                    g = grads[i]
-                    if i in contiguous and g.is_contiguous() and params[i].is_contiguous():
-                        copies[i] = False  # the common case: one memory order, no copy
-                    else:
-                        copies[i] = local(g).stride() != layout_strides(local(params[i]))
-                plan.grad_copy_any = any(plan.grad_copies.values())
-                plan.grad_addresses = grad_addresses
-                plan.grads_moved = True
+                _recheck_layouts(plan, params, grads, grad_addresses, grad_ids)
+            if present != plan.present:
+                refuse_during_capture("the set of params with a grad changed")
+                plan.present = present
+                _select(plan)
             return plan
         refuse_during_capture("the set of params or states, or where they live, changed")
         if not isinstance(opt.state, CountingStateDict):  # replaced by a caller: keep counting
             opt.state = CountingStateDict(dict, opt.state)
+        opt.state.on_change = self.invalidate
+        self.invalidate()
         plan = _build(opt, params, grads)
         plan.state_version = (id(opt.state), opt.state.version)
-        plan.sizes = sizes
         plan.config = opt.kernel_config
+        _select(plan)
         self.plan = plan
         return plan
 
@@ -430,16 +454,59 @@ class Planner:
         if plan.grad_copy_any:
             refuse_during_capture("grads need a copy to match their params' strides")
         for bucket, flat_indices in plan.buckets:
-            if plan.grad_copy_any:
-                addresses = []
-                for i in flat_indices:
-                    g = grads[i]
-                    if plan.grad_copies.get(i):
-                        g = _grad_like_param(params[i], g)
-                        refs.append(g)
+            addresses = []
+            for i in flat_indices:
+                g = grads[i]
+                if g is None:  # a member skipped this step: its chunks are not launched
+                    addresses.append(0)
+                    continue
+                if plan.grad_copy_any and plan.grad_copies.get(i):
+                    g = _grad_like_param(params[i], g)
+                    refs.append(g)
                     addresses.append(local(g).data_ptr())
-            else:
-                addresses = [plan.grad_addresses[i] for i in flat_indices]
+                else:
+                    addresses.append(plan.grad_addresses[i])
             launcher.update_grad_addresses(bucket, addresses)
         plan.grads_moved = False
         return refs
+
+
+def _members_cover(present: list[bool], members: list[bool]) -> bool:
+    """Every param with a grad is a member (the plan can skip the others without a rebuild)."""
+    return len(present) == len(members) and all(m for p, m in zip(present, members) if p)
+
+
+def _recheck_layouts(
+    plan: Plan,
+    params: list[Tensor],
+    grads: list[Tensor | None],
+    grad_addresses: list[int],
+    grad_ids: list[int],
+) -> None:
+    copies = plan.grad_copies
+    moved = [
+        i
+        for i, (new, old, gid, old_id) in enumerate(
+            zip(grad_addresses, plan.grad_addresses, grad_ids, plan.grad_ids)
+        )
+        if (new != old or gid != old_id) and i in copies and grads[i] is not None
+    ]
+    contiguous = plan.contiguous_params
+    for i in moved:
+        g = grads[i]
+        if i in contiguous and g.is_contiguous() and params[i].is_contiguous():
+            copies[i] = False  # the common case: one memory order, no copy
+        else:
+            copies[i] = local(g).stride() != layout_strides(local(params[i]))
+    plan.grad_copy_any = any(copies.values())
+    plan.grad_addresses = grad_addresses
+    plan.grad_ids = grad_ids
+    plan.grads_moved = True
+
+
+def _select(plan: Plan) -> None:
+    """Points each bucket's launch at the members that have a grad this step."""
+    present = plan.present
+    for bucket, flat_indices in plan.buckets:
+        selected = tuple(present[i] for i in flat_indices)
+        launcher.select_tensors(bucket, None if all(selected) else selected)

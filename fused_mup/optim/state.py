@@ -72,11 +72,16 @@ class CountingStateDict(defaultdict):
     def __init__(self, default_factory: Any = None, *args: Any) -> None:
         super().__init__(default_factory, *args)
         self.version = 0
+        # Called on every change (the optimizer drops its plan, so that a state tensor moved
+        # off its device is freed now, not at the next step). Not pickled.
+        self.on_change: Any = None
         for key, value in list(dict.items(self)):
             dict.__setitem__(self, key, self._own(value))
 
     def _touch(self) -> None:
         self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def _own(self, value: Any) -> Any:
         return ParamState(self, value) if isinstance(value, dict) else value
