@@ -24,10 +24,10 @@ class Effective(NamedTuple):
     beta1: float
     beta2: float
     eps: float
-    peak: float  # the lr independent decay is relative to; 0.0 for coupled decay
+    peak: Any  # the lr independent decay is relative to; 0.0 for coupled decay
     # The weight_decay that makes torch's decay ``lr_eff · weight_decay`` equal ``decay`` at
     # every lr up to ``peak``: how torch.optim.AdamW runs this group.
-    torch_weight_decay: float
+    torch_weight_decay: Any
 
 
 def _as_float(x: Any) -> float:
@@ -74,18 +74,22 @@ def effective(group: dict[str, Any], lr: Any = None, peak: float | None = None) 
     lr_eff = lr * lr_mult
     if group.get("weight_decay_mode", "coupled") == "coupled":
         peak, decay, torch_wd = 0.0, lr_eff * wd, wd
+    elif isinstance(peak, Tensor):  # capturable: on the device, no host read; lr 0: no decay
+        decay = lr / peak.clamp_min(1e-300) * wd
+        torch_wd = wd / (peak * lr_mult).clamp_min(1e-300)
     else:
         if peak is None:
             peak = peak_lr(group, lr)
         decay = lr / peak * wd if peak else 0.0 * lr
         scale = peak * lr_mult
         torch_wd = wd / scale if scale else 0.0
+        peak = float(peak)
     return Effective(
         lr_eff,
         decay,
         float(beta1),
         float(beta2),
         float(group.get("eps", math.nan)),
-        float(peak),
+        peak,
         torch_wd,
     )

@@ -81,7 +81,9 @@ def adamw_step_(
     bias_correction2 = 1.0 - torch.pow(beta2, t)
     neg_step_size = (-lr / bias_correction1).to(compute).to(param.device)
     bias_correction2_sqrt = bias_correction2.sqrt().to(compute).to(param.device)
-    keep = torch.tensor(1.0 - decay, dtype=scalar).to(compute)
+    # decay is a device tensor under capturable=True with a tensor lr: kept there.
+    keep = (1.0 - decay) if torch.is_tensor(decay) else torch.tensor(1.0 - decay, dtype=scalar)
+    keep = keep.to(scalar).to(compute)
     weight1 = torch.tensor(1.0 - beta1, dtype=scalar).to(compute)
     beta2_c = torch.tensor(beta2, dtype=scalar).to(compute)
     weight2 = torch.tensor(1.0 - beta2, dtype=scalar).to(compute)

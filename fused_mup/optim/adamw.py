@@ -20,7 +20,7 @@ from fused_mup.launcher import KernelConfig
 from fused_mup.optim.clip import PendingClip, fused_grad_norm, take_scaler
 from fused_mup.optim.cpu_fused import cpu_fused_step
 from fused_mup.optim.differentiable import differentiable_step
-from fused_mup.optim.group_table import GroupTableCache, host_effective
+from fused_mup.optim.group_table import GroupTableCache, host_effective, tensor_effective
 from fused_mup.optim.modes import update_mode
 from fused_mup.optim.plan import Plan, Planner, cpu_fused_grads, real_view
 from fused_mup.optim.state import CountingStateDict
@@ -418,7 +418,10 @@ def adamw(
     the CPU tensors it takes, the plain twin for the rest."""
     groups = opt.param_groups
     capturable = any(g["capturable"] for g in groups)
-    rows = host_effective(groups) if plan.unlaunched or not capturable else []
+    needs_host = plan.cpu_fused or not capturable
+    rows = host_effective(groups) if needs_host else []
+    # capturable: a tensor lr stays a tensor on the plain path too, read on the device.
+    plain_rows = tensor_effective(groups) if capturable and plan.plain else rows
     for param, staging in plan.staged:
         staging.copy_(param)
     for bucket, _ in plan.buckets:
@@ -453,7 +456,7 @@ def adamw(
         group = groups[ref.group]
         p = group["params"][ref.index]
         state = opt.state[p]
-        eff = rows[ref.group]
+        eff = plain_rows[ref.group]
         mode = update_mode(p, group, "")
         adamw_step_(
             real_view(p),

@@ -12,7 +12,7 @@ from fused_mup import launcher
 from fused_mup.hyperparams import Effective, effective, peak_floor
 from fused_mup.kernels.tables import GroupCol
 
-__all__ = ["GroupTableCache", "host_effective"]
+__all__ = ["GroupTableCache", "host_effective", "tensor_effective"]
 
 
 def host_effective(param_groups: list[dict[str, Any]]) -> list[Effective]:
@@ -29,6 +29,18 @@ def host_effective(param_groups: list[dict[str, Any]]) -> list[Effective]:
                 )
             lr = float(lr)
         out.append(effective(group, lr))
+    return out
+
+
+def tensor_effective(param_groups: list[dict[str, Any]]) -> list[Effective]:
+    """Each group's :func:`effective` with a tensor lr kept a tensor (``capturable=True``):
+    the plain path then computes on the device, with no host read of lr, as torch does."""
+    out = []
+    for group in param_groups:
+        lr = group["lr"]
+        independent = group["weight_decay_mode"] == "independent"
+        peak = _device_peak(group, lr) if isinstance(lr, Tensor) and independent else None
+        out.append(effective(group, lr, peak=peak))
     return out
 
 

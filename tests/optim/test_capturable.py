@@ -106,3 +106,39 @@ def test_step_replays_in_a_cuda_graph():
     torch.cuda.synchronize()
     for (name, a), b in zip(m_ours.named_parameters(), m_ref.parameters()):
         assert_close(a, b, torch.float32, f"{name} after graph replays")
+
+
+@pytest.mark.parametrize("mode", ["coupled", "independent"])
+def test_tensor_lr_on_the_plain_path_is_never_read_on_the_host(mode, monkeypatch):
+    """capturable=True with a tensor lr where params fall off the kernel (float64 under
+    "auto", or backend="torch"): torch supports it, reading lr on the device. On CUDA a host
+    read raised ("would synchronize"); here any host read of a tensor fails the step."""
+    m_ours, m_ref = make("cpu"), make("cpu")
+    m_ours.double()
+    m_ref.double()
+    lr = torch.tensor(1e-2, dtype=torch.float64)
+    opt = fused_mup.AdamW(groups(m_ours, lr, mode), capturable=True, backend="torch")
+    ref = torch.optim.AdamW(torch_groups(m_ref, mode))
+    shape = lambda s: 0.5 ** (s // 2)  # noqa: E731
+    s_ours = torch.optim.lr_scheduler.LambdaLR(opt, shape)
+    s_ref = torch.optim.lr_scheduler.LambdaLR(ref, shape)
+    x = torch.randn(8, 6, dtype=torch.float64)
+
+    def host_read(self, *args):
+        raise AssertionError("step() read a tensor on the host")
+
+    for step in range(5):
+        for m, o in ((m_ours, opt), (m_ref, ref)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+        if step:  # the first (eager warm-up) step may create the device peak from floats
+            monkeypatch.setattr(torch.Tensor, "__float__", host_read)
+            monkeypatch.setattr(torch.Tensor, "item", host_read)
+            monkeypatch.setattr(torch.Tensor, "__bool__", host_read)
+        opt.step()
+        monkeypatch.undo()
+        ref.step()
+        s_ours.step()
+        s_ref.step()
+    for (name, a), b in zip(m_ours.named_parameters(), m_ref.parameters()):
+        assert_close(a.detach(), b.detach(), torch.float64, what=f"{mode}: {name}")
