@@ -10,6 +10,7 @@ from torch import Tensor
 from fused_mup import launcher
 from fused_mup.kernels.tables import CLIP_SLOTS, ClipSlot
 from fused_mup.launcher import KernelConfig
+from fused_mup.optim.mesh_norm import MeshNorm, Unsupported
 from fused_mup.optim.plan import Plan, real_view
 from fused_mup.reference import grad_norm_sumsq
 from fused_mup.torch_compat import OptState, scaler_state
@@ -57,8 +58,11 @@ def fused_grad_norm(
     max_norm: float,
     config: KernelConfig,
 ) -> Tensor:
-    """The clip buffer for ``max_norm``: one grad-norm launch per bucket, plus the plain twin
-    for the tensors the kernel does not take, summed over ranks for sharded params."""
+    """The clip buffer for ``max_norm``: one grad-norm launch per bucket, plus the reference path
+    for the tensors the kernel does not take, summed over the mesh for DTensor params."""
+    mesh = plan.sharded
+    if isinstance(mesh, Unsupported):
+        raise mesh.error()
     # GradScaler's scale lives where the loss was scaled, which need not be the grads' device
     # (step() moves it too). A no-op when it is already there.
     grad_scale = grad_scale.to(device, non_blocking=True)
@@ -73,11 +77,24 @@ def fused_grad_norm(
             sumsq = sumsq + clip[ClipSlot.SUMSQ]
         clip[ClipSlot.SUMSQ] = sumsq
         clip[ClipSlot.MAX_NORM] = max_norm
-    if plan.unlaunched or plan.sharded:
-        if plan.sharded:
-            # FSDP2 / DTensor shards: the norm is over the whole model, so sum across ranks.
-            torch.distributed.all_reduce(
-                clip[ClipSlot.SUMSQ : ClipSlot.SUMSQ + 1], group=plan.sharded
-            )
+    if mesh is not None:
+        _sum_over_mesh(clip, mesh, grads, grad_scale)
+    if plan.unlaunched or mesh is not None:
         clip[ClipSlot.NONFINITE] = (~torch.isfinite(clip[ClipSlot.SUMSQ])).float()
     return clip
+
+
+def _sum_over_mesh(
+    clip: Tensor, mesh: MeshNorm, grads: list[Tensor | None], grad_scale: Tensor
+) -> None:
+    """Turns this rank's sum of squares into the whole model's, on the device (no host read)."""
+    sumsq = clip[ClipSlot.SUMSQ : ClipSlot.SUMSQ + 1]
+    for share, indices in mesh.over_counted:
+        # The kernel counted every local shard; a param Replicate r-fold over the mesh is on r
+        # ranks, so each keeps 1/r of it. grad_norm_sumsq re-reads those grads (biases, norms).
+        having = [real_view(grads[i]) for i in indices if grads[i] is not None]
+        over = grad_norm_sumsq(having, grad_scale) * share
+        # An inf grad keeps the sum inf, as torch's norm is (inf - inf would be nan).
+        sumsq.copy_(torch.where(torch.isfinite(over), sumsq - over, sumsq))
+    for group in mesh.groups:
+        torch.distributed.all_reduce(sumsq, group=group)

@@ -15,6 +15,7 @@ from torch import Tensor
 from fused_mup import launcher
 from fused_mup.launcher import Bucket, BucketKey, KernelConfig, TensorSlot
 from fused_mup.optim.cpu_fused import CpuFusedGroup, takes
+from fused_mup.optim.mesh_norm import MeshNorm, Unsupported, mesh_norm
 from fused_mup.optim.modes import update_mode
 from fused_mup.optim.state import CountingStateDict, is_dense, layout_strides, prepare_state
 from fused_mup.optim.validation import KERNEL_DTYPES
@@ -96,19 +97,6 @@ class _Entry(NamedTuple):
     use_kernel: bool
 
 
-class _Unsupported:
-    """Stands in for a process group where a fused grad norm would be wrong."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    def __bool__(self) -> bool:
-        raise NotImplementedError(
-            f"fused clip_grad_norm_ over DTensor shards supports one 1-D mesh of Shard "
-            f"placements; got {self.why}. Use torch.nn.utils.clip_grad_norm_."
-        )
-
-
 @dataclass
 class Plan:
     """What a step launches, valid while params, grads and states stay where they are."""
@@ -121,7 +109,7 @@ class Plan:
     switches: list[tuple]  # per group: the keys that pick a bucket (compile-time switches)
     grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
     unlaunched: list[int] = field(default_factory=list)  # flat indices not in a kernel bucket
-    sharded: Any = None  # process group to all-reduce grad norms over (DTensor shards)
+    sharded: MeshNorm | Unsupported | None = None  # grad norms over DTensor shards
     sizes: list[int] = field(default_factory=list)  # numel per member, -1 for the rest
     # Members: the params the tables hold, those with a grad or a state when it was built. A
     # member without a grad is skipped (present False) without a new plan: MoE experts that
@@ -194,23 +182,9 @@ def _kernel_state_keys(group: dict[str, Any], mode: Any) -> list[str]:
     return keys
 
 
-def _shard_group(entries: list[_Entry]) -> Any:
-    """The process group whose ranks each hold a shard of the grads, or None."""
-    if DTensor is None:
-        return None
-    dtensors = [e.param for e in entries if isinstance(e.param, DTensor)]
-    if not dtensors:
-        return None
-    meshes = {p.device_mesh for p in dtensors}
-    mesh = next(iter(meshes))
-    placements = {pl for p in dtensors for pl in p.placements}
-    if len(meshes) > 1 or len(dtensors) != len(entries) or mesh.ndim != 1:
-        return _Unsupported(
-            "params on several meshes, a mix of DTensors and tensors, or a multi-dimensional mesh"
-        )
-    if not all(pl.is_shard() for pl in placements):
-        return _Unsupported(f"placements {sorted(map(str, placements))} (Shard only)")
-    return mesh.get_group()
+def _shard_group(entries: list[_Entry]) -> MeshNorm | Unsupported | None:
+    """How the grad norm of DTensor params adds up across their mesh, or None."""
+    return mesh_norm((e.ref.flat, e.param, e.grad, e.where) for e in entries)
 
 
 def _has_stepped(state: Any, p: Tensor) -> bool:
