@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host-cost",
         action="store_true",
         help="host time per step() with the launches stubbed, fused_mup vs torch fused, "
-        "grads kept and grads new; workloads " + ",".join(host_workloads()),
+        "grads kept and grads new (moe-634: a steady and a changing grad set); workloads "
+        + ",".join(host_workloads()),
     )
     mode.add_argument(
         "--host-instructions",

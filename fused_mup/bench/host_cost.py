@@ -12,15 +12,21 @@ with ``TRITON_INTERPRET=1`` set for the run, so it plans the kernel path; the st
 interpreter never runs. What differs from CUDA: table uploads are CPU copies instead of
 pinned host-to-device copies, and torch's step counter add runs on the CPU.
 
-Two grad regimes: "grads kept" (the same grad tensors every step, as with
-``zero_grad(set_to_none=False)``) and "grads new" (``set_to_none`` and fresh grad tensors
-every step, alternating between two sets so their addresses really change).
+Two grad regimes for the dense workloads: "grads kept" (the same grad tensors every step, as
+with ``zero_grad(set_to_none=False)``) and "grads new" (``set_to_none`` and fresh grad tensors
+every step, alternating between two sets so their addresses really change). Two for the MoE
+workload, both with new grads as in "grads new": "set steady" (the same half of each layer's
+experts gets grads every step) and "set changing" (a random half each step, as experts without
+tokens under ``zero_grad(set_to_none=True)``). Every regime of a workload and both
+implementations are interleaved in the same rounds, so changing / steady compares like with
+like on a loaded machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import statistics
 import sys
 from collections.abc import Iterator, Sequence
@@ -36,28 +42,68 @@ from fused_mup.bench.impls import BASELINE_IMPL, BuildContext, default_impls
 from fused_mup.bench.progress import progress_bar
 from fused_mup.bench.results import write_json_and_markdown
 from fused_mup.bench.timing import interleaved_times, quantiles, sync
-from fused_mup.bench.workloads import Workload, allocate_params, many_small_workload
+from fused_mup.bench.workloads import (
+    MoeWorkload,
+    Workload,
+    allocate_params,
+    many_small_workload,
+    moe_workload,
+)
 
 __all__ = [
     "GRAD_MODES",
+    "HANDOVER_MODES",
     "HOST_IMPLS",
+    "SET_MODES",
     "HostCostConfig",
+    "changing_vs_steady",
     "check_stubs_reached",
     "format_host_cost",
+    "grad_modes",
     "host_steps",
     "host_workloads",
+    "routes",
     "run_host_cost",
     "stubbed_launches",
 ]
 
 GRAD_MODES = ("grads kept", "grads new")
+SET_MODES = ("set steady", "set changing")
+# Regimes that hand over new grad tensors before each step (set_to_none, then backward).
+HANDOVER_MODES = ("grads new", *SET_MODES)
 HOST_IMPLS = ("fused_mup", BASELINE_IMPL)
 
 
 def host_workloads() -> dict[str, Workload]:
-    """150 and 1,024 tensors of 4,096 elements in 5 groups (sizes hardly matter here)."""
+    """150 and 1,024 tensors of 4,096 elements in 5 groups (sizes hardly matter here), and an
+    MoE of 634 tensors: 8 layers of 24 SwiGLU experts (576 matrices) and 58 shared tensors."""
     ws = [many_small_workload(f"{n}x4096", n, 5, 4096, 4096) for n in (150, 1024)]
+    ws.append(moe_workload("moe-634", d=64, n_layers=8, n_experts=24, ffn=128, vocab=1024))
     return {w.name: w for w in ws}
+
+
+def grad_modes(w: Workload) -> tuple[str, ...]:
+    """The grad regimes a workload is timed in: grad sets for an MoE, grad tensors otherwise."""
+    return SET_MODES if isinstance(w, MoeWorkload) else GRAD_MODES
+
+
+def routes(w: MoeWorkload, mode: str, seed: int) -> Iterator[list[bool]]:
+    """Which params get a grad, call by call (in :func:`allocate_params` order).
+
+    The first call routes to every expert, so each has its state before anything is timed (a
+    warm-up step); then every shared param and half the experts of each layer: the same half
+    every call ("set steady") or a random half ("set changing"), seeded, so repeatable.
+    """
+    experts = w.expert_of()
+    rng = random.Random(seed)
+    half = w.n_experts // 2
+    yield [True] * len(experts)
+    while True:
+        if mode == "set steady":
+            chosen = [set(range(half))] * w.n_layers
+        else:
+            chosen = [set(rng.sample(range(w.n_experts), half)) for _ in range(w.n_layers)]
+        yield [e is None or e[1] in chosen[e[0]] for e in experts]
 
 
 @contextlib.contextmanager
@@ -120,7 +166,8 @@ def host_steps(
     w: Workload, mode: str, device: torch.device, seed: int
 ) -> tuple[dict[str, Any], Any]:
     """``{impl: step()}`` for fused_mup (the kernel path) and torch fused on ``w``, and the
-    ``before(impl)`` hook that gives an impl new grad tensors (None for "grads kept")."""
+    ``before(impl)`` hook that gives an impl new grad tensors (None for "grads kept"): all of
+    them for "grads new", those :func:`routes` picks for the grad-set regimes."""
     registry = {i.name: i for i in default_impls()}
     backend = "triton" if device.type == "cpu" else "auto"  # the kernel path, stubbed
     steps, pools = {}, {}
@@ -132,16 +179,23 @@ def host_steps(
         # Two grad sets to alternate between: "grads new" gets new addresses every step.
         pools[name] = (params, [[p.grad for p in params], [p.grad.clone() for p in params]])
     flips = dict.fromkeys(HOST_IMPLS, 0)
+    # Both implementations see the same sequence of grad sets.
+    masks = {n: routes(w, mode, seed) for n in HOST_IMPLS} if mode in SET_MODES else None
 
     def new_grads(name: str) -> None:
         params, sets = pools[name]
         flips[name] ^= 1
         for p in params:
             p.grad = None  # zero_grad(set_to_none=True), then backward's fresh grads
-        for p, g in zip(params, sets[flips[name]], strict=True):
-            p.grad = g
+        if masks is None:
+            for p, g in zip(params, sets[flips[name]], strict=True):
+                p.grad = g
+            return
+        for p, g, routed in zip(params, sets[flips[name]], next(masks[name]), strict=True):
+            if routed:
+                p.grad = g
 
-    return steps, (new_grads if mode == "grads new" else None)
+    return steps, (new_grads if mode in HANDOVER_MODES else None)
 
 
 def check_stubs_reached(counts: dict[str, int]) -> None:
@@ -152,44 +206,60 @@ def check_stubs_reached(counts: dict[str, int]) -> None:
         )
 
 
+def _paired_median(xs: list[float], ys: list[float]) -> float:
+    """Median over rounds of x / y in the same round."""
+    return statistics.median(x / y for x, y in zip(xs, ys, strict=True))
+
+
 def _one(
     w: Workload,
-    mode: str,
     device: torch.device,
     cfg: HostCostConfig,
     counts: dict[str, int],
     bar: Any,
-) -> dict[str, Any]:
-    steps, before = host_steps(w, mode, device, cfg.seed)
-    for name, step in steps.items():
+) -> list[dict[str, Any]]:
+    """One row per regime of ``w``; all regimes and implementations in the same rounds."""
+    steps, befores = {}, {}
+    for mode in grad_modes(w):
+        by_impl, before = host_steps(w, mode, device, cfg.seed)
+        for impl, step in by_impl.items():
+            steps[mode, impl] = step
+            befores[mode, impl] = before
+
+    def before(key: tuple[str, str]) -> None:
+        if (hook := befores[key]) is not None:
+            hook(key[1])
+
+    for key, step in steps.items():
         for _ in range(cfg.warmup_steps):
-            if before is not None:
-                before(name)
+            before(key)
             step()
     check_stubs_reached(counts)
     sync(device)
     times = interleaved_times(
-        steps,
-        device,
-        cfg.rounds,
-        synchronized=False,
-        before=before,
-        on_round=bar.update,
+        steps, device, cfg.rounds, synchronized=False, before=before, on_round=bar.update
     )
-    us = {n: [1e3 * t for t in ts] for n, ts in times.items()}
-    paired = [a / b for a, b in zip(us["fused_mup"], us[BASELINE_IMPL], strict=True)]
-    return {
-        "workload": w.name,
-        "description": w.description,
-        "n_tensors": w.n_tensors,
-        "n_groups": len(w.groups),
-        "grads": mode,
-        "us": {
-            n: dict(zip(("median", "p20", "p80"), quantiles(ts), strict=True))
-            for n, ts in us.items()
-        },
-        "ratio_vs_torch_fused": statistics.median(paired),
-    }
+    us = {key: [1e3 * t for t in ts] for key, ts in times.items()}
+    rows = []
+    for mode in grad_modes(w):
+        row = {
+            "workload": w.name,
+            "description": w.description,
+            "n_tensors": w.n_tensors,
+            "n_groups": len(w.groups),
+            "grads": mode,
+            "us": {
+                impl: dict(zip(("median", "p20", "p80"), quantiles(us[mode, impl]), strict=True))
+                for impl in HOST_IMPLS
+            },
+            "ratio_vs_torch_fused": _paired_median(us[mode, "fused_mup"], us[mode, BASELINE_IMPL]),
+        }
+        if mode == "set changing":
+            row["ratio_vs_steady"] = {
+                impl: _paired_median(us[mode, impl], us["set steady", impl]) for impl in HOST_IMPLS
+            }
+        rows.append(row)
+    return rows
 
 
 def run_host_cost(cfg: HostCostConfig) -> dict[str, Any]:
@@ -208,15 +278,13 @@ def run_host_cost(cfg: HostCostConfig) -> dict[str, Any]:
         meta = environment_info(device)
         meta.update(rounds=cfg.rounds, warmup_steps=cfg.warmup_steps, baseline=BASELINE_IMPL)
         rows = []
-        total = len(names) * len(GRAD_MODES) * cfg.rounds
         with (
             stubbed_launches() as counts,
-            progress_bar(total, "host cost", "round", cfg.progress) as bar,
+            progress_bar(len(names) * cfg.rounds, "host cost", "round", cfg.progress) as bar,
         ):
             for name in names:
-                for mode in GRAD_MODES:
-                    bar.set_postfix_str(f"{name} {mode}")
-                    rows.append(_one(all_w[name], mode, device, cfg, counts, bar))
+                bar.set_postfix_str(name)
+                rows += _one(all_w[name], device, cfg, counts, bar)
         meta["load_average_after"] = environment_info(device)["load_average"]
     finally:
         torch.set_num_threads(threads)
@@ -243,6 +311,7 @@ def format_host_cost(results: dict[str, Any]) -> str:
         f"- load average before {meta['load_average']}, after {meta.get('load_average_after')}",
         f"- {meta['rounds']} interleaved rounds after {meta['warmup_steps']} warm-up steps; "
         "fused_mup's launches and `torch._fused_adamw_` replaced by no-ops",
+        "- every regime of a workload and both implementations interleaved in the same rounds",
         "- ratio: median over rounds of fused_mup / torch fused host time in the same round "
         "(below 1: less host time than torch)",
         "",
@@ -259,4 +328,24 @@ def format_host_cost(results: dict[str, Any]) -> str:
             f"{cell('fused_mup')} | {cell(BASELINE_IMPL)} | "
             f"**{r['ratio_vs_torch_fused']:.2f}** |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + changing_vs_steady(results["rows"], "host time")) + "\n"
+
+
+def changing_vs_steady(rows: list[dict[str, Any]], what: str) -> list[str]:
+    """Markdown lines: each implementation's changing / steady grad set, where measured."""
+    changing = [r for r in rows if "ratio_vs_steady" in r]
+    if not changing:
+        return []
+    lines = [
+        "",
+        f"Grad set changing / steady, {what} of the same implementation: set steady = the same "
+        "half of each layer's experts gets grads every step, set changing = a random half "
+        "(the first warm-up step routes to every expert, so each has its state).",
+        "",
+        "| workload | fused_mup changing / steady | torch fused changing / steady |",
+        "|---|---|---|",
+    ]
+    for r in changing:
+        ours, theirs = r["ratio_vs_steady"]["fused_mup"], r["ratio_vs_steady"][BASELINE_IMPL]
+        lines.append(f"| {r['workload']} | **{ours:.2f}** | {theirs:.2f} |")
+    return lines

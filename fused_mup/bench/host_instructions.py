@@ -1,4 +1,5 @@
-"""Host instructions per ``step()``, counted by callgrind: the repeatable twin of --host-cost.
+"""Host instructions per ``step()``, counted by callgrind: the repeatable counterpart of
+--host-cost.
 
 On a shared machine host timings move with the load; instruction counts do not. Each
 (workload, grad regime, implementation) runs in a child process under ``valgrind
@@ -25,8 +26,10 @@ import torch
 
 from fused_mup.bench.environment import environment_info
 from fused_mup.bench.host_cost import (
-    GRAD_MODES,
+    HANDOVER_MODES,
     HOST_IMPLS,
+    changing_vs_steady,
+    grad_modes,
     host_steps,
     host_workloads,
     stubbed_launches,
@@ -59,7 +62,7 @@ class HostInstructionsConfig:
 
 
 # The child that only hands over new grads (fused_mup's set; torch's is the same size): what
-# "grads new" costs outside step(), subtracted from both implementations' counts.
+# "grads new" and the grad-set regimes cost outside step(), subtracted from both counts.
 GRADS_ONLY = "grads-only"
 
 
@@ -119,8 +122,8 @@ def run_host_instructions(cfg: HostInstructionsConfig) -> dict[str, Any]:
     runs = [
         (name, mode, impl, steps)
         for name in names
-        for mode in GRAD_MODES
-        for impl in ((*HOST_IMPLS, GRADS_ONLY) if mode == "grads new" else HOST_IMPLS)
+        for mode in grad_modes(all_w[name])
+        for impl in ((*HOST_IMPLS, GRADS_ONLY) if mode in HANDOVER_MODES else HOST_IMPLS)
         for steps in (0, cfg.steps)
     ]
     # Each child is one process with one thread; instruction counts do not depend on how many
@@ -139,14 +142,14 @@ def run_host_instructions(cfg: HostInstructionsConfig) -> dict[str, Any]:
     collected = {run: future.result() for run, future in futures.items()}
     rows = []
     for name in names:
-        for mode in GRAD_MODES:
+        for mode in grad_modes(all_w[name]):
 
             def per(impl: str, name=name, mode=mode) -> float:
                 return (
                     collected[name, mode, impl, cfg.steps] - collected[name, mode, impl, 0]
                 ) / cfg.steps
 
-            outside = per(GRADS_ONLY) if mode == "grads new" else 0.0
+            outside = per(GRADS_ONLY) if mode in HANDOVER_MODES else 0.0
             per_step = {impl: per(impl) - outside for impl in HOST_IMPLS}
             rows.append(
                 {
@@ -158,6 +161,9 @@ def run_host_instructions(cfg: HostInstructionsConfig) -> dict[str, Any]:
                     "ratio_vs_torch_fused": per_step["fused_mup"] / per_step[BASELINE_IMPL],
                 }
             )
+            if mode == "set changing":
+                steady = rows[-2]["instructions_per_step"]
+                rows[-1]["ratio_vs_steady"] = {i: per_step[i] / steady[i] for i in HOST_IMPLS}
     results = {"meta": meta, "rows": rows}
     write_json_and_markdown(results, cfg.out, format_host_instructions)
     return results
@@ -179,8 +185,8 @@ def format_host_instructions(results: dict[str, Any]) -> str:
         f"- per implementation: instructions of a child with {meta['warmup_steps']} warm-up "
         f"steps and then {meta['steps']} steps, minus those of the same child with 0 steps, "
         f"over {meta['steps']}; fused_mup's launches and `torch._fused_adamw_` are no-ops; "
-        "for grads new, minus the instructions of handing over the new grads alone (a child "
-        "that does only that), as --host-cost times step() alone",
+        "for grads new and the grad sets, minus the instructions of handing over the new grads "
+        "alone (a child that does only that), as --host-cost times step() alone",
         "- ratio: fused_mup / torch fused (below 1: fewer host instructions than torch)",
         "",
         "| workload | groups | grads | fused_mup instructions | torch fused instructions "
@@ -196,7 +202,7 @@ def format_host_instructions(results: dict[str, Any]) -> str:
             f"| {r['workload']} | {r['n_groups']} | {r['grads']} | {ours:,.0f} | {theirs:,.0f} "
             f"| **{r['ratio_vs_torch_fused']:.2f}** |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + changing_vs_steady(results["rows"], "instructions")) + "\n"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "QUICK_WORKLOADS",
+    "MoeWorkload",
     "Workload",
     "WorkloadGroup",
     "allocate_params",
@@ -22,6 +23,7 @@ __all__ = [
     "gpt2_workload",
     "llama_workload",
     "many_small_workload",
+    "moe_workload",
     "workloads",
 ]
 
@@ -204,6 +206,60 @@ def many_small_workload(
     sizes = f"{min_numel}-{max_numel}" if span else f"{min_numel:,}"
     desc = f"{n_tensors:,} tensors of {sizes} elements in {n_groups} groups"
     return Workload(name, desc, groups, dtype, None)
+
+
+@dataclass(frozen=True)
+class MoeWorkload(Workload):
+    """A workload whose group ``experts`` holds ``n_layers × n_experts`` experts of
+    ``params_per_expert`` tensors each, layer by layer, expert by expert."""
+
+    n_layers: int = 0
+    n_experts: int = 0
+    params_per_expert: int = 3
+
+    def expert_of(self) -> list[tuple[int, int] | None]:
+        """``(layer, expert)`` of every param in :func:`allocate_params` order, None for the
+        shared params (embedding, attention, routers, norms)."""
+        out: list[tuple[int, int] | None] = []
+        for g in self.groups:
+            if g.name != "experts":
+                out += [None] * len(g.shapes)
+                continue
+            per_layer = self.n_experts * self.params_per_expert
+            out += [(i // per_layer, i % per_layer // self.params_per_expert)
+                    for i in range(len(g.shapes))]  # fmt: skip
+        return out
+
+
+def moe_workload(
+    name: str,
+    d: int,
+    n_layers: int,
+    n_experts: int,
+    ffn: int,
+    vocab: int,
+    dtype: torch.dtype = torch.float32,
+) -> MoeWorkload:
+    """Mixture-of-experts param list (tied embeddings, a router per layer, SwiGLU experts,
+    RMSNorm) in 5 μP groups: ``2 + 7 · n_layers + 3 · n_experts · n_layers`` tensors.
+
+    Groups: embedding, attention matrices and routers (hidden: ``lr_mult = 256 / d``), the
+    experts' matrices (hidden), RMSNorm gains (no weight decay).
+    """
+    attn = [(d, d)] * 4 * n_layers
+    routers = [(n_experts, d)] * n_layers
+    experts = [(ffn, d), (ffn, d), (d, ffn)] * n_experts * n_layers
+    norm = [(d,)] * (2 * n_layers + 1)
+    hidden = BASE_WIDTH / d
+    groups = (
+        WorkloadGroup("embedding", ((vocab, d),), 1.0, 1.0),
+        WorkloadGroup("attn", tuple(attn), hidden, 1.0),
+        WorkloadGroup("router", tuple(routers), hidden, 1.0),
+        WorkloadGroup("experts", tuple(experts), hidden, 1.0),
+        WorkloadGroup("norm", tuple(norm), 1.0, 0.0),
+    )
+    desc = f"MoE shapes d={d} L={n_layers} experts={n_experts} ffn={ffn} vocab={vocab}"
+    return MoeWorkload(name, desc, groups, dtype, None, n_layers, n_experts, 3)
 
 
 def workloads(smoke: bool = False) -> dict[str, Workload]:
