@@ -150,7 +150,7 @@ def require_triton(where: str) -> None:
         raise ImportError(
             f"fused_mup: {where} needs the Triton kernel, but triton is not installed. Install "
             "it with `pip install triton` (Linux with CUDA; torch's CUDA wheels bring it), or "
-            "use backend='torch' / CPU tensors, which run without triton."
+            "use backend='reference' / CPU tensors, which run without triton."
         )
 
 

@@ -1,11 +1,11 @@
-"""Plain-torch AdamW step with exactly the kernel's semantics.
+"""The reference path: plain-torch AdamW with exactly the kernel's semantics.
 
-Each function is the twin of one kernel, named after it: :func:`adamw_step_` of
-``adamw_kernel`` and :func:`grad_norm_sumsq` of ``grad_norm_kernel``. They serve
-``backend="torch"`` and the tensors the kernel does not take, and are the oracle the kernels are
-tested against. Same op order as ``fused_mup.kernels.adamw``: math in fp32 (fp64 for fp64
-params), scalars computed in fp64 and rounded once, GradScaler's scale and found_inf read as
-tensors so that nothing here synchronizes with the device.
+Each function is the reference implementation of one kernel, named after it:
+:func:`adamw_step_` of ``adamw_kernel`` and :func:`grad_norm_sumsq` of ``grad_norm_kernel``.
+They serve ``backend="reference"`` and the tensors the kernel does not take, and are the
+oracle the kernels are tested against. Same op order as ``fused_mup.kernels.adamw``: math in
+fp32 (fp64 for fp64 params), scalars computed in fp64 and rounded once, GradScaler's scale and
+found_inf read as tensors so that nothing here synchronizes with the device.
 """
 
 from __future__ import annotations

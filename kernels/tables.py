@@ -12,8 +12,8 @@ every kernel reads:
 - clip buffer, fp32 ``[CLIP_SLOTS]``, written by the grad-norm pass (:class:`ClipSlot`).
 
 Python code uses the enums; jit code may read only ``tl.constexpr`` globals (the interpreter
-accepts plain ints, a real compile does not), so each column has a constexpr twin below. The
-Python half needs no triton: the plain-torch path and the presets import it on any platform.
+accepts plain ints, a real compile does not), so each column has a constexpr counterpart below.
+The Python half needs no triton: the reference path and the presets import it on any platform.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ except ImportError:  # the CPU path and the presets run without triton
     triton = None
 
 if triton is not None:
-    # The constexpr twins, for jit code.
+    # The constexpr counterparts, for jit code.
     C_TENSOR_COLS = tl.constexpr(TENSOR_COLS)
     C_PARAM = tl.constexpr(TensorCol.PARAM.value)
     C_GRAD = tl.constexpr(TensorCol.GRAD.value)

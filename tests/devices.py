@@ -1,4 +1,4 @@
-"""Devices the tests run on: the plain path everywhere, the kernel where it can run."""
+"""Devices the tests run on: the reference path everywhere, the kernel where it can run."""
 
 import os
 
@@ -18,7 +18,7 @@ def kernel_devices() -> list:
             d,
             marks=pytest.mark.skipif(
                 d == "cpu" and not INTERPRETING,
-                reason="CPU kernel runs need TRITON_INTERPRET=1; the cuda twin runs instead",
+                reason="CPU kernel runs need TRITON_INTERPRET=1; the cuda version runs instead",
             ),
         )
         for d in DEVICES

@@ -71,7 +71,7 @@ def test_element_offsets_past_2_to_the_31_are_int64(device):
     assert slot.step.item() == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (16 GiB); CPU twin above")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (16 GiB); CPU version above")
 def test_real_tensor_past_2_to_the_31_elements():
     n = 2**31 + 1000
     slot = _slot(n, "cuda", torch.float16)
@@ -122,9 +122,9 @@ def _carved(sizes, offset_elems, device, dtype=torch.float32):
 
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
 @pytest.mark.parametrize("device", kernel_devices())
-def test_mixed_alignment_launch_matches_the_plain_twin(device, amsgrad, monkeypatch):
+def test_mixed_alignment_launch_matches_the_reference(device, amsgrad, monkeypatch):
     """One launch mixing aligned tensors, a param at an odd offset and a 1-element grad at the
-    head of a bucket-view-like buffer: every tensor matches the plain twin, and the aligned
+    head of a bucket-view-like buffer: every tensor matches the reference path, and the aligned
     tensors took the vector-access loop (alignment is per tensor, not per launch)."""
     from fused_mup.kernels import adamw as adamw_module
 
@@ -151,7 +151,7 @@ def test_mixed_alignment_launch_matches_the_plain_twin(device, amsgrad, monkeypa
         if amsgrad:
             slot.max_exp_avg_sq = slot.exp_avg_sq * 1.5
         slots.append(slot)
-    twins = []
+    expected = []
     for slot, g in zip(slots, grads):
         t = [x.clone() if x is not None else None for x in (slot.param, slot.exp_avg,
              slot.exp_avg_sq, slot.max_exp_avg_sq, slot.step)]  # fmt: skip
@@ -159,12 +159,12 @@ def test_mixed_alignment_launch_matches_the_plain_twin(device, amsgrad, monkeypa
         for _ in range(2):
             adamw_step_(t[0], g, t[1], t[2], t[3], t[4], lr=lr, decay=decay, beta1=b1,
                         beta2=b2, eps=eps, maximize=False)  # fmt: skip
-        twins.append(t)
+        expected.append(t)
     key = BucketKey(torch.device(device), torch.float32, torch.float32, amsgrad, False)
     bucket = launcher.build_bucket(key, slots, [g.data_ptr() for g in grads], config)
     for _ in range(2):
         _launch(bucket, device, config)
-    for i, (slot, t) in enumerate(zip(slots, twins)):
+    for i, (slot, t) in enumerate(zip(slots, expected)):
         assert_close(slot.param, t[0], torch.float32, f"tensor {i} param")
         assert_close(slot.exp_avg, t[1], torch.float32, f"tensor {i} exp_avg")
         assert_close(slot.exp_avg_sq, t[2], torch.float32, f"tensor {i} exp_avg_sq")

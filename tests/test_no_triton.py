@@ -64,22 +64,22 @@ def test_everything_but_the_kernel_runs_without_triton(how):
 
         torch.manual_seed(0)
         model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 32), nn.Linear(32, 50))
-        twin = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 32), nn.Linear(32, 50))
-        twin.load_state_dict(model.state_dict())
+        theirs = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 32), nn.Linear(32, 50))
+        theirs.load_state_dict(model.state_dict())
         groups = fused_mup.param_groups(model, "mup", width_mult=2.0, decay={"vector": 1.0})
         opt = fused_mup.AdamW(groups, lr=1e-2, weight_decay=0.1)
         baked = fused_mup.param_groups(
-            twin, "mup", width_mult=2.0, decay={"vector": 1.0}, lr=1e-2, weight_decay=0.1,
+            theirs, "mup", width_mult=2.0, decay={"vector": 1.0}, lr=1e-2, weight_decay=0.1,
             bake=True,
         )
         ref = torch.optim.AdamW(baked)
         tokens = torch.randint(0, 50, (4, 8))
         for _ in range(3):
-            for m, o in ((model, opt), (twin, ref)):
+            for m, o in ((model, opt), (theirs, ref)):
                 o.zero_grad()
                 m(tokens).logsumexp(-1).mean().backward()
                 o.step()
-        for a, b in zip(model.parameters(), twin.parameters()):
+        for a, b in zip(model.parameters(), theirs.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
         print("steps ok")
 

@@ -1,7 +1,7 @@
 """The README and the docs pages with runnable examples: every ```python block runs as written.
 
 The torchrun example (docs/distributed.md) needs several processes and is covered by
-tests/optim/test_distributed.py instead. README links must point at files and headings that
+tests/distributed/test_fsdp2.py instead. README links must point at files and headings that
 exist, since no site build checks them.
 """
 

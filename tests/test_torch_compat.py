@@ -114,7 +114,7 @@ def test_clip_with_grad_scaler_with_and_without_scaler_internals(monkeypatch, in
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
     ref_model = copy.deepcopy(model)
-    opt = fused_mup.AdamW(model.parameters(), lr=1e-2, backend="torch")
+    opt = fused_mup.AdamW(model.parameters(), lr=1e-2, backend="reference")
     ref = torch.optim.AdamW(ref_model.parameters(), lr=1e-2)
     sc, sc_ref = (torch.amp.GradScaler("cpu", init_scale=2.0**10) for _ in range(2))
     gen = torch.Generator().manual_seed(1)

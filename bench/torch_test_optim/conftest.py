@@ -1,6 +1,6 @@
 """Runs PyTorch's own ``test/test_optim.py`` with ``fused_mup.AdamW`` in AdamW's OptimizerInfo.
 
-``FUSED_MUP_BACKEND`` = ``torch`` | ``triton`` | ``auto``: AdamW's entry in
+``FUSED_MUP_BACKEND`` = ``reference`` | ``triton`` | ``auto``: AdamW's entry in
 ``torch.testing._internal.common_optimizers.optim_db`` gets, as its ``optim_cls``, a subclass of
 ``fused_mup.AdamW`` that forces that backend; everything else in the entry (inputs, error
 inputs, flags, decorators) stays torch's. ``baseline`` (or unset) substitutes nothing, so the

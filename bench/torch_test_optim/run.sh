@@ -5,18 +5,18 @@
 #
 # test_optim.py comes from the pytorch repository (test/test_optim.py at the tag of your torch);
 # it is not in the torch wheel, so it is not committed here. BACKEND: baseline (torch.optim.AdamW
-# itself), torch, auto, triton (the kernel, in Triton's interpreter on CPU). Default: all four.
+# itself), reference, auto, triton (the kernel, in Triton's interpreter on CPU). Default: all four.
 # Writes OUTDIR/<backend>.log and OUTDIR/<backend>.xml (JUnit) and prints one line per backend.
 set -u -o pipefail
 if [[ $# -lt 2 ]]; then
-    echo "usage: $0 PATH/TO/test_optim.py OUTDIR [baseline|torch|auto|triton ...]" >&2
+    echo "usage: $0 PATH/TO/test_optim.py OUTDIR [baseline|reference|auto|triton ...]" >&2
     exit 2
 fi
 TEST_FILE=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 mkdir -p "$2"
 OUT=$(cd "$2" && pwd)
 shift 2
-BACKENDS=${*:-baseline torch auto triton}
+BACKENDS=${*:-baseline reference auto triton}
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

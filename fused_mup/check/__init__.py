@@ -38,6 +38,7 @@ from torch import nn
 from fused_mup.check import cases
 from fused_mup.check.cases import DTYPES, load_factory
 from fused_mup.check.report import CheckReport, CheckRow
+from fused_mup.optim.validation import BACKENDS, DEPRECATED_BACKENDS, normalize_backend
 from fused_mup.tolerances import TOLERANCES
 
 __all__ = ["DTYPES", "CheckReport", "CheckRow", "check", "load_factory", "main"]
@@ -78,9 +79,11 @@ def check(
     """Runs the parity matrix on ``device`` and returns the report (``report.passed``).
 
     Args:
-        device: ``"cuda"`` (the kernel), ``"cpu"`` (the plain-torch path, or the kernel in
-            Triton's interpreter with ``backend="triton"`` and ``TRITON_INTERPRET=1``).
-        backend: passed to :class:`fused_mup.AdamW`.
+        device: ``"cuda"`` (the kernel), ``"cpu"`` (torch's fused CPU kernel and the reference
+            path, or the kernel in Triton's interpreter with ``backend="triton"`` and
+            ``TRITON_INTERPRET=1``).
+        backend: passed to :class:`fused_mup.AdamW` (``"torch"``, deprecated, is recorded
+            as ``"reference"``).
         dtypes: param dtypes for the trajectory rows, from :data:`DTYPES`.
         model: a factory returning the user's ``nn.Module``; adds ``model`` rows.
         model_steps: steps for the model rows.
@@ -88,6 +91,7 @@ def check(
         progress: called with each case's name before it runs.
     """
     device = str(torch.device(device))
+    backend = normalize_backend(backend)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: torch sees no CUDA device here (try --device cpu)")
     unknown = [d for d in dtypes if d not in DTYPES]
@@ -145,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "triton", "torch"),
+        type=_backend_arg,
+        choices=BACKENDS,
         help="fused_mup.AdamW backend (default: auto)",
     )
     parser.add_argument(
@@ -164,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     parser.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _backend_arg(value: str) -> str:
+    """A deprecated name ("torch") still works, with a FutureWarning; argparse's choices
+    reject the rest."""
+    return normalize_backend(value) if value in DEPRECATED_BACKENDS else value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 As in ``torch/optim/adamw.py``, the class gathers (groups, state, checkpoints) and one function,
 :func:`adamw`, dispatches a step: each kernel bucket to the launcher, every other tensor to the
-plain-torch twin.
+reference path (``fused_mup.reference``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from fused_mup.optim.modes import update_mode
 from fused_mup.optim.plan import Plan, Planner, cpu_fused_grads, real_view
 from fused_mup.optim.state import CountingStateDict
 from fused_mup.optim.validation import (
-    BACKENDS,
+    DEPRECATED_BACKENDS,
     EXTRA_GROUP_KEYS,
     KERNEL_DTYPES,
     check_hyperparameters,
+    normalize_backend,
     to_scalar,
 )
 from fused_mup.reference import adamw_step_
@@ -70,9 +71,11 @@ class AdamW(torch.optim.Optimizer):
         differentiable: run the step under autograd, through torch's own single-tensor
             AdamW (one call per group; no kernel, no fused clip, bf16_update "round" only).
         backend: "auto" (Triton on CUDA tensors; CPU tensors through torch's fused CPU
-            kernel, one call per group, and the plain-torch twin for what it cannot take),
+            kernel, one call per group, and the reference path for what it cannot take),
             "triton" (always the kernel; CPU tensors need ``TRITON_INTERPRET=1`` set before
-            triton is imported), or "torch" (always the plain-torch path).
+            triton is imported), or "reference" (always the reference path: plain torch with
+            the kernel's math, ``fused_mup.reference``). "torch" is a deprecated alias of
+            "reference" (FutureWarning).
         state_dtype: dtype of new exp_avg / exp_avg_sq; None keeps the param dtype, as torch.
         bf16_update: how bf16 params take the update: "round" (to nearest even), "kahan"
             (compensation buffer in state["kahan_comp"]), "stochastic" (unbiased stochastic
@@ -130,8 +133,7 @@ class AdamW(torch.optim.Optimizer):
             raise RuntimeError("`fused` does not support `differentiable`")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        if backend not in BACKENDS:
-            raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
+        backend = normalize_backend(backend)
         if state_dtype is not None and state_dtype not in KERNEL_DTYPES:
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype}; expected None or one of {KERNEL_DTYPES}"
@@ -194,6 +196,8 @@ class AdamW(torch.optim.Optimizer):
                         float(p_state["step"]), dtype=torch.float32, device=p.device
                     )
         self.__dict__.setdefault("backend", "auto")
+        # Pickled under a deprecated name: the same path under its new one.
+        self.backend = DEPRECATED_BACKENDS.get(self.backend, self.backend)
         self.__dict__.setdefault("state_dtype", None)
         self.__dict__.setdefault("kernel_config", KernelConfig())
         self.__dict__.setdefault("seed", 0)
@@ -385,7 +389,7 @@ class AdamW(torch.optim.Optimizer):
     # ---- per-step helpers ---------------------------------------------------------------------
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        """The plain path's stochastic-rounding RNG: seeded once, so a run is reproducible
+        """The reference path's stochastic-rounding RNG: seeded once, so a run is reproducible
         from ``seed`` without reading the step on the host."""
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
@@ -415,13 +419,13 @@ def adamw(
     clip: Tensor | None,
 ) -> None:
     """One step of ``plan``: a launch per kernel bucket, torch's fused CPU kernel per group for
-    the CPU tensors it takes, the plain twin for the rest."""
+    the CPU tensors it takes, the reference path for the rest."""
     groups = opt.param_groups
     capturable = any(g["capturable"] for g in groups)
     needs_host = plan.cpu_fused or not capturable
     rows = host_effective(groups) if needs_host else []
-    # capturable: a tensor lr stays a tensor on the plain path too, read on the device.
-    plain_rows = tensor_effective(groups) if capturable and plan.plain else rows
+    # capturable: a tensor lr stays a tensor on the reference path too, read on the device.
+    reference_rows = tensor_effective(groups) if capturable and plan.reference else rows
     for param, staging in plan.staged:
         staging.copy_(param)
     for bucket, _ in plan.buckets:
@@ -450,13 +454,13 @@ def adamw(
                 clip,
             )
 
-    for ref in plan.plain:
+    for ref in plan.reference:
         if grads[ref.flat] is None:  # a member without a grad this step: skipped, as torch
             continue
         group = groups[ref.group]
         p = group["params"][ref.index]
         state = opt.state[p]
-        eff = plain_rows[ref.group]
+        eff = reference_rows[ref.group]
         mode = update_mode(p, group, "")
         adamw_step_(
             real_view(p),

@@ -5,7 +5,7 @@ group with our effective hyperparameters gives our semantics at torch's speed wh
 agree: per-group lr and decay (``lr_mult``, ``wd_mult``, both decay modes), GradScaler, AMSGrad,
 maximize, and clipping folded into the grad scale. What it cannot do (states in another dtype
 than the param, the kahan / stochastic / master bf16 modes, non-dense params) stays on the
-plain twin, ``fused_mup.reference.adamw_step_``, which is also the oracle these calls are tested
+reference path, ``fused_mup.reference.adamw_step_``, which is also the oracle these calls are tested
 against.
 """
 

@@ -34,7 +34,7 @@ def host_effective(param_groups: list[dict[str, Any]]) -> list[Effective]:
 
 def tensor_effective(param_groups: list[dict[str, Any]]) -> list[Effective]:
     """Each group's :func:`effective` with a tensor lr kept a tensor (``capturable=True``):
-    the plain path then computes on the device, with no host read of lr, as torch does."""
+    the reference path then computes on the device, with no host read of lr, as torch does."""
     out = []
     for group in param_groups:
         lr = group["lr"]

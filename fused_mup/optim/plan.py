@@ -1,4 +1,4 @@
-"""The plan of a step: which tensors go to which kernel launch and which to the plain twin.
+"""The plan of a step: which tensors go to which kernel launch and which to the reference path.
 
 A plan is rebuilt only when something structural changes (params, their sizes, the state dict,
 the compile-time switches, the tile config); per step it costs one scan of data pointers.
@@ -104,7 +104,7 @@ class Plan:
     param_addresses: list[int]  # per param in group order; -1 where not a member
     grad_addresses: list[int]  # -1 where no grad
     buckets: list[tuple[Bucket, list[int]]]  # a launch and the flat indices of its slots
-    plain: list[ParamRef]  # params updated by the plain-torch twin
+    reference: list[ParamRef]  # params updated by the reference path (fused_mup.reference)
     cpu_fused: list[CpuFusedGroup]  # CPU params updated by torch's fused kernel, per group
     switches: list[tuple]  # per group: the keys that pick a bucket (compile-time switches)
     grad_copies: dict[int, bool]  # flat index -> grad needs a copy to match the param's strides
@@ -150,13 +150,13 @@ def _switches(param_groups: list[dict[str, Any]]) -> list[tuple]:
 
 def _use_kernel(p: Tensor, backend: str, where: str) -> bool:
     real_dtype = p.real.dtype if p.is_complex() else p.dtype
-    if backend == "torch" or p.is_meta:  # meta params step as a no-op on every backend
+    if backend == "reference" or p.is_meta:  # meta params step as a no-op on every backend
         return False
     if backend == "triton":
         if real_dtype not in KERNEL_DTYPES:
             raise TypeError(
                 f"backend='triton' supports float32, bfloat16 and float16 params; "
-                f"{where} is {p.dtype}. Use backend='auto' to update it with plain torch."
+                f"{where} is {p.dtype}. Use backend='auto' to update it on the reference path."
             )
         launcher.require_triton(f"backend='triton' ({where})")
         if not launcher.triton_available_for(p.device):
@@ -228,7 +228,7 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
             flat += 1
 
     by_key: dict[BucketKey, tuple[list[TensorSlot], list[int], list[int]]] = {}
-    plain: list[ParamRef] = []
+    reference: list[ParamRef] = []
     fused: dict[int, CpuFusedGroup] = {}
     grad_copies: dict[int, bool] = {}
     staged: list[tuple[Tensor, Tensor]] = []
@@ -254,7 +254,7 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
                 fg.steps.append(state["step"])
                 grad_copies[ref.flat] = g is not None and local(g).stride() != local(p).stride()
             else:
-                plain.append(ref)
+                reference.append(ref)
             continue
         exp_avg = real_view(state["exp_avg"])
         target = local(p)
@@ -303,9 +303,11 @@ def _build(opt: PlannedOptimizer, params: list[Tensor], grads: list[Tensor | Non
         present=[g is not None for g in grads],
         grad_ids=list(map(id, grads)),
         buckets=buckets,
-        plain=plain,
+        reference=reference,
         cpu_fused=list(fused.values()),
-        unlaunched=sorted([r.flat for r in plain] + [i for fg in fused.values() for i in fg.flat]),
+        unlaunched=sorted(
+            [r.flat for r in reference] + [i for fg in fused.values() for i in fg.flat]
+        ),
         switches=_switches(opt.param_groups),
         sharded=_shard_group(entries),
         has_dtensor=has_dtensor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from numbers import Real
 from typing import Any
 
@@ -17,10 +18,13 @@ __all__ = [
     "KERNEL_DTYPES",
     "WEIGHT_DECAY_MODES",
     "check_hyperparameters",
+    "normalize_backend",
     "to_scalar",
 ]
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "reference")
+# Old names still accepted, each with a FutureWarning naming its replacement.
+DEPRECATED_BACKENDS = {"torch": "reference"}
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Group keys that fused_mup adds to torch's; kept across load_state_dict of a torch checkpoint.
 EXTRA_GROUP_KEYS = {
@@ -109,6 +113,23 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             f"Invalid bf16_update: {group['bf16_update']!r}{suffix}; "
             f"expected one of {tuple(UPDATE_MODES)}"
         )
+
+
+def normalize_backend(backend: str) -> str:
+    """``backend`` checked, with a deprecated name replaced by its new one (and a FutureWarning
+    that names it)."""
+    new = DEPRECATED_BACKENDS.get(backend)
+    if new is not None:
+        warnings.warn(
+            f"backend={backend!r} is deprecated and will be removed; use backend={new!r} "
+            "(the same path: the reference implementation in fused_mup/reference.py)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return new
+    if backend not in BACKENDS:
+        raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
+    return backend
 
 
 def _require_number(value: Any, label: str, suffix: str) -> None:

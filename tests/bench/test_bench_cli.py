@@ -163,7 +163,7 @@ def test_step_ratio_entry_writes_its_result(tmp_path, capsys) -> None:
 
 
 def test_host_cost_stubs_reach_the_kernel_path(tmp_path) -> None:
-    """The stubbed launches are called (else it would time the plain path) and restored."""
+    """The stubbed launches are called (else it would time the reference path) and restored."""
     from fused_mup import launcher
     from fused_mup.bench.host_cost import HostCostConfig, run_host_cost
 

@@ -96,7 +96,7 @@ def test_a_crashing_case_is_a_failed_row(monkeypatch):
 
 @pytest.mark.skipif(not INTERPRETING, reason="the CPU kernel runs only in Triton's interpreter")
 def test_kernel_in_the_interpreter(monkeypatch):
-    """One trajectory through the real kernel (interpreted), not the plain path."""
+    """One trajectory through the real kernel (interpreted), not the reference path."""
     launches = []
     real = fused_mup.launcher.launch
     monkeypatch.setattr(

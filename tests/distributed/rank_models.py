@@ -26,7 +26,7 @@ __all__ = [
     "fused",
     "model",
     "mup_groups",
-    "twin",
+    "counterpart",
 ]
 
 LR, WEIGHT_DECAY, STEPS = 1e-2, 0.1, 5
@@ -118,6 +118,6 @@ def expect_same_params(ctx: Ctx, a_model: nn.Module, b_model: nn.Module, what: s
         ctx.expect_close(a, b, f"{what}: {name}")
 
 
-def twin(p: torch.Tensor, m: nn.Module, other: nn.Module) -> torch.Tensor:
+def counterpart(p: torch.Tensor, m: nn.Module, other: nn.Module) -> torch.Tensor:
     names = {id(q): n for n, q in m.named_parameters()}
     return other.get_parameter(names[id(p)])

@@ -16,12 +16,12 @@ from rank_models import (
     STEPS,
     backward,
     count_launches,
+    counterpart,
     expect_same_params,
     fsdp,
     fused,
     model,
     mup_groups,
-    twin,
 )
 from torch import nn
 
@@ -58,7 +58,7 @@ def check_fsdp2_parity(ctx: Ctx) -> None:
         ctx.expect(isinstance(state["exp_avg"], DTensor), "exp_avg must be a DTensor, as torch's")
         ctx.expect_close(
             state["exp_avg_sq"],
-            ref.state[twin(p, fused_model, ref_model)]["exp_avg_sq"],
+            ref.state[counterpart(p, fused_model, ref_model)]["exp_avg_sq"],
             "exp_avg_sq",
         )
 

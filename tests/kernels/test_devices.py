@@ -1,12 +1,13 @@
-"""What a step hands the kernels and their twins sits on the params' device, and the plain twin
-copies nothing from the host (issue 17, defect 9).
+"""What a step hands the kernels and their reference implementations sits on the params'
+device, and the reference path copies nothing from the host (issue 17, defect 9).
 
 No GPU here, so each GPU-only risk is checked on a CPU stand-in that fails the same way:
 
 - a scale on another device: FakeTensorMode's fake CUDA tensors beside CPU grads, which raise
   on a device mismatch as real ones do;
-- host-to-device copies: the twin on ``meta`` tensors (a device other than the host), with a
-  mode that records every tensor made from host data on, or moved from the CPU to, that device.
+- host-to-device copies: the reference path on ``meta`` tensors (a device other than the
+  host), with a mode that records every tensor made from host data on, or moved from the CPU
+  to, that device.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fused_mup.reference import adamw_step_, grad_norm_sumsq
 
 def test_grad_norm_moves_the_scalers_scale_to_the_grads_device():
     """clip_grad_norm_(grad_scaler=...) on CPU grads with the scale on a (fake) GPU: the norm
-    reads a copy on the grads' device, as step() does; before, the twin raised a device
+    reads a copy on the grads' device, as step() does; before, the reference path raised a device
     mismatch (and the kernel would read a pointer of the other device)."""
     grads = [torch.full((3,), 3.0), torch.full((2, 2), 4.0)]
     plan = SimpleNamespace(buckets=[], unlaunched=[0, 1], sharded=None)
@@ -68,8 +69,8 @@ class HostToDevice(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_plain_twin_step_copies_nothing_from_the_host(amsgrad):
-    """backend="torch" on GPU tensors (fp64 params take it under "auto" too): before, two
+def test_reference_step_copies_nothing_from_the_host(amsgrad):
+    """backend="reference" on GPU tensors (fp64 params take it under "auto" too): before, two
     torch.tensor(beta, device=...) per param per step, each a host-to-device copy."""
     device = "meta"  # a device that is not the host
     p = torch.zeros(5, 3, dtype=torch.float64, device=device)

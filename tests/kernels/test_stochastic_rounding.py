@@ -83,9 +83,9 @@ def test_kernel_noise_past_2_24_survives_plan_rebuilds(device):
     check_fresh_noise(rounded_up_sets(device, "triton", SATURATED, rebuild=True))
 
 
-def test_plain_twin_noise_is_fresh_past_2_24():
-    """The plain path draws from a seeded generator that advances every call."""
-    check_fresh_noise(rounded_up_sets("cpu", "torch", SATURATED))
+def test_reference_noise_is_fresh_past_2_24():
+    """The reference path draws from a seeded generator that advances every call."""
+    check_fresh_noise(rounded_up_sets("cpu", "reference", SATURATED))
 
 
 @pytest.mark.parametrize("device", kernel_devices())

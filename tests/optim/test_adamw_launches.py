@@ -68,7 +68,7 @@ def test_six_group_fp32_model_is_one_launch_per_step(device):
     assert len(opt.param_groups) == 6
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CPU twin counts run()")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CPU version counts run()")
 def test_six_group_model_is_one_cuda_kernel_per_step_in_the_profiler():
     model, groups = six_group_model("cuda")
     opt = fused_mup.AdamW(groups, lr=1e-3)
@@ -108,7 +108,7 @@ def test_new_lr_never_changes_the_kernel_signature(device):
     assert len(signatures) == 1, signatures
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CPU twin checks the args")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CPU version checks the args")
 def test_new_lr_compiles_nothing_on_cuda():
     model, groups = six_group_model("cuda")
     opt = fused_mup.AdamW(groups, lr=1e-3)
@@ -151,7 +151,7 @@ class _SyncTrap:
         return trap
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("device", kernel_devices())
 def test_step_reads_no_tensor_on_the_host(device, backend):
     model, groups = six_group_model(device)

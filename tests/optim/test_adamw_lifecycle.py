@@ -391,11 +391,11 @@ def test_mixed_dtypes_make_one_launch_each(device):
     assert_close(a, ref.param_groups[0]["params"][0], FP32, "fp32 param beside a bf16 one")
 
 
-@pytest.mark.skipif(len(DEVICES) < 2, reason="needs CUDA; the CPU twin is the dtype test above")
+@pytest.mark.skipif(len(DEVICES) < 2, reason="needs CUDA; the CPU version is the dtype test above")
 def test_params_on_two_devices_are_grouped_by_device():
     a = torch.randn(50, requires_grad=True)
     b = torch.randn(50, device="cuda", requires_grad=True)
-    opt = fused_mup.AdamW([a, b], lr=1e-2)  # auto: plain path on CPU, kernel on CUDA
+    opt = fused_mup.AdamW([a, b], lr=1e-2)  # auto: reference path on CPU, kernel on CUDA
     ra, rb = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
     ref = torch.optim.AdamW([ra, rb], lr=1e-2)
     for _ in range(3):

@@ -142,7 +142,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("device", kernel_devices())
 def test_trajectory_matches_torch_adamw(device, dtype_name, flags):
-    """Kernel and plain path against torch.optim.AdamW over 10 steps.
+    """Kernel and reference path against torch.optim.AdamW over 10 steps.
 
     fp32: directly. bf16 / fp16: torch.optim.AdamW computing in fp32 with its params and states
     rounded to the low-precision dtype after every step is the same algorithm as ours (fp32
@@ -155,19 +155,19 @@ def test_trajectory_matches_torch_adamw(device, dtype_name, flags):
     specs = random_groups(seed, decay=f["decay"])
     base = make_params(specs, dtype, device, seed)
     low_precision = dtype != torch.float32
-    p_kernel, p_plain, p_native = clone_params(base), clone_params(base), clone_params(base)
+    p_kernel, p_reference, p_native = clone_params(base), clone_params(base), clone_params(base)
     p_torch = clone_params(base, torch.float32)
     p_f64 = clone_params(base, torch.float64)
     opts = dict(amsgrad=f["amsgrad"], maximize=f["maximize"])
     opt_kernel = fused_mup.AdamW(
         fused_groups(specs, p_kernel), backend="triton", kernel_config=SMALL_TILES, **opts
     )
-    opt_plain = fused_mup.AdamW(fused_groups(specs, p_plain), backend="torch", **opts)
+    opt_reference = fused_mup.AdamW(fused_groups(specs, p_reference), backend="reference", **opts)
     opt_torch = torch.optim.AdamW(torch_groups(specs, p_torch), **opts)
     runs = [
         (opt_torch, p_torch, round_to(dtype) if low_precision else None),
         (opt_kernel, p_kernel, None),
-        (opt_plain, p_plain, None),
+        (opt_reference, p_reference, None),
         (torch.optim.AdamW(torch_groups(specs, p_f64), **opts), p_f64, None),
     ]
     if low_precision:
@@ -176,14 +176,14 @@ def test_trajectory_matches_torch_adamw(device, dtype_name, flags):
     run_trajectory(runs, STEPS, seed, dtype)
 
     flat = lambda groups: [p for g in groups for p in g]  # noqa: E731
-    for i, (pt, pk, pp, p64, pn) in enumerate(
-        zip(flat(p_torch), flat(p_kernel), flat(p_plain), flat(p_f64), flat(p_native))
+    for i, (pt, pk, pr, p64, pn) in enumerate(
+        zip(flat(p_torch), flat(p_kernel), flat(p_reference), flat(p_f64), flat(p_native))
     ):
         where = f"param {i} {tuple(pt.shape)}"
-        reference = "torch.optim.AdamW" + (f" (fp32 math, {dtype_name} storage)" * low_precision)
-        assert_close(pk.float(), pt, dtype, f"{where}: kernel vs {reference}")
-        assert_close(pp.float(), pt, dtype, f"{where}: plain path vs {reference}")
-        assert_close(pk, pp, dtype, f"{where}: kernel vs plain path")
+        oracle = "torch.optim.AdamW" + (f" (fp32 math, {dtype_name} storage)" * low_precision)
+        assert_close(pk.float(), pt, dtype, f"{where}: kernel vs {oracle}")
+        assert_close(pr.float(), pt, dtype, f"{where}: reference path vs {oracle}")
+        assert_close(pk, pr, dtype, f"{where}: kernel vs reference path")
         if not low_precision:
             assert_close(pk, p64.float(), dtype, f"{where}: kernel vs float64 reference")
         elif pt.numel():
@@ -191,14 +191,14 @@ def test_trajectory_matches_torch_adamw(device, dtype_name, flags):
             assert ours <= FLOAT64_SLACK * theirs or not torch.isfinite(pn).all(), (
                 f"{where}: kernel error vs float64 {ours:.3g} > torch {dtype_name}'s {theirs:.3g}"
             )
-        st, sk, sp = opt_torch.state[pt], opt_kernel.state[pk], opt_plain.state[pp]
+        st, sk, sr = opt_torch.state[pt], opt_kernel.state[pk], opt_reference.state[pr]
         keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if f["amsgrad"] else [])
         for key in keys:
-            assert sk[key].dtype == sp[key].dtype == dtype, f"{where}: {key} dtype"
+            assert sk[key].dtype == sr[key].dtype == dtype, f"{where}: {key} dtype"
             assert_close(sk[key].float(), st[key], dtype, f"{where}: kernel {key}")
-            assert_close(sp[key].float(), st[key], dtype, f"{where}: plain {key}")
+            assert_close(sr[key].float(), st[key], dtype, f"{where}: reference {key}")
         assert sk["step"].item() == st["step"].item() == STEPS
-        assert sp["step"].item() == STEPS
+        assert sr["step"].item() == STEPS
 
 
 @pytest.mark.parametrize("device", kernel_devices())

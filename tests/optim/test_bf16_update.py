@@ -54,7 +54,7 @@ def fp32_run(device, steps, n=192, lr=1e-3):
     return p
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("device", kernel_devices())
 def test_kahan_stochastic_master_track_fp32_far_better_than_rounding(device, backend):
     steps = 200
@@ -76,10 +76,10 @@ def test_kahan_stochastic_master_track_fp32_far_better_than_rounding(device, bac
 
 @pytest.mark.parametrize("mode", ["round", "kahan", "master"])
 @pytest.mark.parametrize("device", kernel_devices())
-def test_kernel_and_plain_path_agree_on_deterministic_modes(device, mode):
+def test_kernel_and_reference_path_agree_on_deterministic_modes(device, mode):
     pk, ok = run(mode, device, 20, backend="triton")
-    pp, op = run(mode, device, 20, backend="torch")
-    assert_close(pk, pp, torch.bfloat16, f"{mode}: kernel vs plain path")
+    pp, op = run(mode, device, 20, backend="reference")
+    assert_close(pk, pp, torch.bfloat16, f"{mode}: kernel vs reference path")
     key = {"kahan": "kahan_comp", "master": "master_param"}.get(mode)
     if key:
         dtype = torch.float32 if mode == "master" else torch.bfloat16
@@ -115,7 +115,7 @@ def test_stochastic_rounding_is_unbiased(device):
     opt.step()  # first Adam step moves by exactly lr (up, with maximize)
     mean = p.float().mean().item()
     assert abs(mean - 1.001) < 3e-4, mean  # sd of the mean ~ 7.8e-3 * 0.35 / 64
-    # The plain path's helper too.
+    # The reference path's helper too.
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.full((n,), 1.001, device=device)
     assert abs(round_stochastic_bf16(x, gen).float().mean().item() - 1.001) < 3e-4

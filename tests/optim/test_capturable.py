@@ -71,7 +71,7 @@ def test_tensor_lr_with_scheduler_matches_torch(device, mode):
         assert_close(a, b, torch.float32, f"{name}, capturable with tensor lr")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; the CPU twin runs the path")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CPU version runs the path")
 def test_step_replays_in_a_cuda_graph():
     m_ours, m_ref = make("cuda"), make("cuda")
     lr = torch.tensor(1e-2, device="cuda")
@@ -109,15 +109,15 @@ def test_step_replays_in_a_cuda_graph():
 
 
 @pytest.mark.parametrize("mode", ["coupled", "independent"])
-def test_tensor_lr_on_the_plain_path_is_never_read_on_the_host(mode, monkeypatch):
+def test_tensor_lr_on_the_reference_path_is_never_read_on_the_host(mode, monkeypatch):
     """capturable=True with a tensor lr where params fall off the kernel (float64 under
-    "auto", or backend="torch"): torch supports it, reading lr on the device. On CUDA a host
+    "auto", or backend="reference"): torch supports it, reading lr on the device. On CUDA a host
     read raised ("would synchronize"); here any host read of a tensor fails the step."""
     m_ours, m_ref = make("cpu"), make("cpu")
     m_ours.double()
     m_ref.double()
     lr = torch.tensor(1e-2, dtype=torch.float64)
-    opt = fused_mup.AdamW(groups(m_ours, lr, mode), capturable=True, backend="torch")
+    opt = fused_mup.AdamW(groups(m_ours, lr, mode), capturable=True, backend="reference")
     ref = torch.optim.AdamW(torch_groups(m_ref, mode))
     shape = lambda s: 0.5 ** (s // 2)  # noqa: E731
     s_ours = torch.optim.lr_scheduler.LambdaLR(opt, shape)

@@ -18,7 +18,7 @@ FP32 = torch.float32
 SETTINGS = ("backend", "state_dtype", "seed", "kernel_config")
 
 
-def _trained(backend="torch", **kw):
+def _trained(backend="reference", **kw):
     torch.manual_seed(0)
     params = [torch.randn(6, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
     opt = fused_mup.AdamW(
@@ -143,7 +143,7 @@ def test_independent_decay_checkpointed_during_a_hand_written_warm_up():
     equals fused_mup's once the warm-up ends, and is never above it (during the warm-up
     fused_mup's running peak is lr itself, a rate a fixed torch weight_decay cannot follow)."""
     wd, lr_mult = 1e-3, 0.5
-    kw = dict(lr=1e-2, weight_decay=wd, weight_decay_mode="independent", backend="torch")
+    kw = dict(lr=1e-2, weight_decay=wd, weight_decay_mode="independent", backend="reference")
     p = torch.ones(3, dtype=torch.float64, requires_grad=True)  # factors exact to 1e-15
     opt = fused_mup.AdamW([{"params": [p], "lr_mult": lr_mult}], **kw)
     _decay_factors(opt, p, 10, 0)

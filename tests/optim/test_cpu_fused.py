@@ -1,8 +1,8 @@
-"""CPU tensors go through torch's fused CPU kernel per group; the plain twin is the oracle.
+"""CPU tensors go through torch's fused CPU kernel per group; the reference path is the oracle.
 
-Each case runs ``backend="auto"`` (the torch-fused route) and ``backend="torch"`` (the plain
-twin, ``fused_mup.reference.adamw_step_``) on the same grads for several steps, and checks the
-route was really taken, so that the comparison is never torch against itself.
+Each case runs ``backend="auto"`` (the torch-fused route) and ``backend="reference"`` (the
+reference path, ``fused_mup.reference.adamw_step_``) on the same grads for several steps, and
+checks the route was really taken, so that the comparison is never torch against itself.
 """
 
 from __future__ import annotations
@@ -71,23 +71,23 @@ def _run(backend: str, case: dict) -> tuple[list[torch.Tensor], fused_mup.AdamW]
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_cpu_fused_route_matches_plain_twin(name):
+def test_cpu_fused_route_matches_the_reference_path(name):
     case = CASES[name]
     got, opt = _run("auto", case)
-    want, twin = _run("torch", case)
+    want, ref = _run("reference", case)
     plan = opt._planner.plan
-    assert plan.cpu_fused and not plan.plain, "the torch-fused route was not taken"
-    assert not twin._planner.plan.cpu_fused
+    assert plan.cpu_fused and not plan.reference, "the torch-fused route was not taken"
+    assert not ref._planner.plan.cpu_fused
     for i, (a, b) in enumerate(zip(got, want)):
         assert_close(a, b, case["dtype"], f"{name}: param {i} {tuple(a.shape)}")
-    for p_a, p_b in zip(opt.param_groups[0]["params"], twin.param_groups[0]["params"]):
-        assert torch.equal(opt.state[p_a]["step"], twin.state[p_b]["step"])
+    for p_a, p_b in zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"]):
+        assert torch.equal(opt.state[p_a]["step"], ref.state[p_b]["step"])
 
 
 def test_grad_scaler_inf_step_skips_update_and_count():
     """GradScaler on CPU: an injected inf skips the whole step, its count included."""
     results = {}
-    for backend in ("auto", "torch"):
+    for backend in ("auto", "reference"):
         params = _params(torch.float32)
         opt = fused_mup.AdamW(_groups(params), lr=1e-2, weight_decay=0.1, backend=backend)
         scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
@@ -100,7 +100,7 @@ def test_grad_scaler_inf_step_skips_update_and_count():
             scaler.update()
             opt.zero_grad()
         results[backend] = ([p.detach().clone() for p in params], opt)
-    (got, opt), (want, _) = results["auto"], results["torch"]
+    (got, opt), (want, _) = results["auto"], results["reference"]
     assert opt._planner.plan.cpu_fused
     for a, b in zip(got, want):
         assert_close(a, b, torch.float32, "GradScaler")
@@ -127,8 +127,8 @@ def test_nan_grad_norm_gives_nan_params_as_torch():
         assert torch.equal(a.isnan(), b.isnan()) and (a.numel() == 0 or a.isnan().all())
 
 
-def test_plain_twin_keeps_what_torch_fused_cannot():
-    """bf16 with fp32 states, and the kahan mode, stay on the plain twin."""
+def test_reference_path_keeps_what_torch_fused_cannot():
+    """bf16 with fp32 states, and the kahan mode, stay on the reference path."""
     params = _params(torch.bfloat16)
     opt = fused_mup.AdamW(params[:2], state_dtype=torch.float32)
     opt.add_param_group({"params": params[2:], "bf16_update": "kahan"})
@@ -136,4 +136,4 @@ def test_plain_twin_keeps_what_torch_fused_cannot():
         p.grad = torch.ones_like(p)
     opt.step()
     plan = opt._planner.plan
-    assert not plan.cpu_fused and len(plan.plain) == len(params)
+    assert not plan.cpu_fused and len(plan.reference) == len(params)

@@ -5,7 +5,7 @@ by raw address. After a capture, an eager step may change a float hyperparameter
 grads, a changed grad set, or rebuild its plan; none of that may free or rewrite a captured
 buffer (torch.optim.AdamW(capturable=True) keeps no shared mutable buffer either).
 
-The CPU twin: the kernel runs in Triton's interpreter and a "capture" is a step during which
+The CPU version: the kernel runs in Triton's interpreter and a "capture" is a step during which
 ``fused_mup.launcher.capturing`` answers True; every buffer that step launched with is checked
 by identity (the optimizer still holds it) and by content (unchanged) after each eager change.
 The CUDA test captures and replays a real graph.
@@ -103,7 +103,7 @@ def test_an_eager_step_after_a_capture_keeps_every_captured_buffer(device, monke
     check("the plan was rebuilt")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; the CPU twin is above")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; the CPU version is above")
 def test_replay_after_eager_changes_matches_torch_capturable():
     """Capture, change things eagerly, replay: the replays run what was captured, as torch's
     capturable AdamW does with its own graph."""

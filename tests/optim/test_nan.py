@@ -1,6 +1,6 @@
 """NaN propagates through the fused clip coefficient and the AMSGrad maximum exactly as in torch
 (torch.nn.utils.clip_grad_norm_, then torch.optim.AdamW), on every backend: the kernel, torch's
-fused CPU kernel (``auto`` on CPU tensors) and the plain path.
+fused CPU kernel (``auto`` on CPU tensors) and the reference path.
 
 ``tl.minimum`` / ``tl.maximum`` drop a NaN operand by default (``min.f32`` on the GPU, ``fmin`` in
 the interpreter); torch's ``clamp`` and ``maximum`` propagate it. A NaN grad norm must poison
@@ -21,7 +21,7 @@ SMALL_TILES = KernelConfig(block=32, chunk_size=64)
 SIZES = [(5, 7), (70,), (3,)]  # 70: two chunks of one tensor, one of them a masked tail
 # (backend, device): "auto" on CPU tensors runs torch's fused CPU kernel per group.
 BACKENDS = [
-    pytest.param("torch", "cpu", id="plain-cpu"),
+    pytest.param("reference", "cpu", id="reference-cpu"),
     pytest.param("auto", "cpu", id="auto-cpu"),
 ]
 BACKENDS += [

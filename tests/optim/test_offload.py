@@ -2,7 +2,7 @@
 optimizer keeps none of the old storages alive (torch.optim.AdamW keeps none), and the next
 step equals torch's.
 
-The three moves large runs make, each with a CPU twin that replaces the storage the same way
+The three moves large runs make, each with a CPU version that replaces the storage the same way
 (a copy on the same device) and a CUDA run that moves to the CPU:
 
 - ``opt.state[p][k] = v.to("cpu")``: RL frameworks between rollouts;
@@ -69,7 +69,10 @@ def _moved_storages(how, model, opt):
 
 @pytest.mark.parametrize(
     "backend, device",
-    [pytest.param("auto", "cpu", id="auto-cpu"), pytest.param("torch", "cpu", id="torch-cpu")]
+    [
+        pytest.param("auto", "cpu", id="auto-cpu"),
+        pytest.param("reference", "cpu", id="reference-cpu"),
+    ]
     + [
         pytest.param("triton", d.values[0], marks=d.marks, id=f"triton-{d.values[0]}")
         for d in kernel_devices()
@@ -103,7 +106,7 @@ def test_moved_storages_are_freed_and_the_next_step_matches_torch(how, backend, 
         assert_close(a.detach(), b.detach(), torch.float32, what=f"{how}: {name}")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; the CPU twin is above")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; the CPU version is above")
 @pytest.mark.parametrize("how", MOVES)
 def test_offload_returns_the_device_memory(how):
     model = _model("cuda")

@@ -16,10 +16,14 @@ from fused_mup.launcher import KernelConfig
 
 TILES = KernelConfig(block=16, chunk_size=32)
 CASES = {
-    # name: (param dtype, optimizer kwargs, reference: torch.optim.AdamW or our plain path)
+    # name: (param dtype, optimizer kwargs, oracle: torch.optim.AdamW or our reference path)
     "fp32-amsgrad": (torch.float32, {"amsgrad": True}, "torch"),
-    "bf16-master": (torch.bfloat16, {"bf16_update": "master"}, "plain"),
-    "bf16-kahan": (torch.bfloat16, {"bf16_update": "kahan", "state_dtype": torch.float32}, "plain"),
+    "bf16-master": (torch.bfloat16, {"bf16_update": "master"}, "reference"),
+    "bf16-kahan": (
+        torch.bfloat16,
+        {"bf16_update": "kahan", "state_dtype": torch.float32},
+        "reference",
+    ),
 }
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param", "kahan_comp")
 
@@ -36,7 +40,7 @@ def _optimizers(case, device):
     if ref_kind == "torch":
         ref = torch.optim.AdamW(theirs.parameters(), lr=1e-2, **kw)
     else:
-        ref = fused_mup.AdamW(theirs.parameters(), lr=1e-2, backend="torch", **kw)
+        ref = fused_mup.AdamW(theirs.parameters(), lr=1e-2, backend="reference", **kw)
     return ours, opt, theirs, ref
 
 

@@ -1,5 +1,5 @@
-"""The README's "Differences from torch" that no other test file already pins down, each
-checked against what torch.optim.AdamW does in the same situation."""
+"""The items of docs/differences.md that no other test file already pins down, each checked
+against what torch.optim.AdamW does in the same situation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import fused_mup
 from fused_mup.launcher import KernelConfig
 
 
-@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
 def test_meta_params_step_quietly_as_torch_default_does(backend):
     """Deliberate: a model built on the meta device (before to_empty) steps as a no-op, as torch's
     default AdamW does, on every backend; torch's fused=True raises instead."""
@@ -36,7 +36,7 @@ def test_meta_params_step_quietly_as_torch_default_does(backend):
         torch.optim.AdamW(meta_model().parameters(), fused=True).step()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_fused_clip_with_grad_scaler_leaves_grads_scaled(backend):
     """opt.clip_grad_norm_(..., grad_scaler=scaler) + scaler.step(opt): p.grad keeps the scaled
     values (unscaling happens in registers); torch's fused AdamW writes them back unscaled."""
@@ -62,7 +62,7 @@ def test_fused_clip_with_grad_scaler_leaves_grads_scaled(backend):
 
 def test_fused_clip_leaves_grads_unclipped():
     p = torch.ones(8, requires_grad=True)
-    opt = fused_mup.AdamW([p], backend="torch")
+    opt = fused_mup.AdamW([p], backend="reference")
     p.grad = torch.full((8,), 10.0)
     opt.clip_grad_norm_(1.0)
     opt.step()
@@ -72,7 +72,8 @@ def test_fused_clip_leaves_grads_unclipped():
 @pytest.mark.skipif(not INTERPRETING, reason="CPU kernel needs TRITON_INTERPRET=1")
 def test_non_dense_params_go_through_a_staging_copy():
     """The kernel walks memory in order: a non-dense param is updated in a dense copy that the
-    step copies in and out (the cost the README states); its states take the copy's layout."""
+    step copies in and out (the cost docs/differences.md states); its states take the copy's
+    layout."""
     base = torch.randn(6, 8)
     p = torch.nn.Parameter(base[:, ::2])
     opt = fused_mup.AdamW([p], backend="triton", kernel_config=KernelConfig(16, 16))

@@ -2,7 +2,7 @@
 
 ``torch.testing._internal.common_optimizers.optim_db`` ships in the torch wheel. Its AdamW entry
 gives the inputs torch tests its own AdamW with (``optim_inputs_func``) and the inputs it must
-refuse (``optim_error_inputs_func``). Each input runs on the plain path and on the kernel (in
+refuse (``optim_error_inputs_func``). Each input runs on the reference path and on the kernel (in
 Triton's interpreter on CPU), as a 7-step trajectory against torch.optim.AdamW given the same
 kwargs, with the params passed as tensors, as (name, tensor) pairs, as two param groups and as
 non-contiguous views.
@@ -35,7 +35,7 @@ TILES = KernelConfig(block=16, chunk_size=32)
 
 def _backend_params():
     return [
-        pytest.param("torch", id="plain"),
+        pytest.param("reference", id="reference"),
         pytest.param(
             "triton",
             id="kernel",

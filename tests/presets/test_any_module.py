@@ -96,20 +96,20 @@ def test_create_optimizer_steps_as_torch_adamw_with_the_two_groups(make):
     5 steps of random grads; a decayed vector or an undecayed matrix moves a param by ~5e-4."""
     torch.manual_seed(0)
     model = make()
-    twin = copy.deepcopy(model)
+    theirs = copy.deepcopy(model)
     opt = fused_mup.create_optimizer(model, lr=1e-2, weight_decay=0.1)
-    matrices = [p for p in twin.parameters() if p.ndim >= 2]
-    vectors = [p for p in twin.parameters() if p.ndim < 2]
+    matrices = [p for p in theirs.parameters() if p.ndim >= 2]
+    vectors = [p for p in theirs.parameters() if p.ndim < 2]
     ref = torch.optim.AdamW(
         [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}], lr=1e-2, weight_decay=0.1
     )
     for _ in range(5):
-        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        for a, b in zip(model.parameters(), theirs.parameters(), strict=True):
             a.grad = torch.randn_like(a)
             b.grad = a.grad.clone()
         opt.step()
         ref.step()
-    named = zip(model.named_parameters(), twin.parameters(), strict=True)
+    named = zip(model.named_parameters(), theirs.parameters(), strict=True)
     for (n, a), b in named:
         assert_close(a.detach(), b.detach(), torch.float32, n)
 

@@ -14,25 +14,25 @@ def test_optimizer_lr_and_weight_decay_reach_groups() -> None:
     lr 3e-3 with decay 0.1 (vectors undecayed, the preset's documented default), step for step
     as torch.optim.AdamW given the same two groups by hand."""
     torch.manual_seed(0)
-    model, twin = mlp(16), mlp(16)
-    twin.load_state_dict(model.state_dict())
+    model, theirs = mlp(16), mlp(16)
+    theirs.load_state_dict(model.state_dict())
     groups = param_groups(model, "sp")
     assert all("lr" not in g and "weight_decay" not in g for g in groups)
     opt = fused_mup.AdamW(groups, lr=3e-3, weight_decay=0.1)
     assert {(g["lr"], g["weight_decay"]) for g in opt.param_groups} == {(3e-3, 0.1)}
-    matrices = [p for p in twin.parameters() if p.ndim == 2]
-    vectors = [p for p in twin.parameters() if p.ndim < 2]
+    matrices = [p for p in theirs.parameters() if p.ndim == 2]
+    vectors = [p for p in theirs.parameters() if p.ndim < 2]
     ref = torch.optim.AdamW(
         [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}], lr=3e-3, weight_decay=0.1
     )
     w0 = model[0].weight.detach().clone()
     for _ in range(3):
-        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        for a, b in zip(model.parameters(), theirs.parameters(), strict=True):
             a.grad = torch.full_like(a, 0.5)
             b.grad = torch.full_like(b, 0.5)
         opt.step()
         ref.step()
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+    for a, b in zip(model.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     # A constant grad moves a weight by lr per step (up to eps); decay shrinks it by lr * wd.
     want = w0

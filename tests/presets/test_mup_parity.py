@@ -47,7 +47,7 @@ def effective(groups: list[dict]) -> dict[str, tuple[float, float]]:
 
 @pytest.mark.parametrize("width", [128, 96], ids=["m=4", "m=3"])
 def test_mup_matches_hand_table(width: int) -> None:
-    """CPU twin of the MuAdamW test: same numbers, from a hand-written table."""
+    """CPU version of the MuAdamW test: same numbers, from a hand-written table."""
     m = width / 32
     kw = {"base_model": mup_style_model(32), "lr": LR, "weight_decay": WD, "decay": {"vector": 1}}
     want = expected_mup_table(m)

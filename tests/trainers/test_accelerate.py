@@ -13,7 +13,7 @@ from accelerate.state import AcceleratorState  # noqa: E402
 
 
 def train(opt_factory, mixed_precision: str, fused_clip: bool = False) -> nn.Module:
-    """The README's accelerate example, 5 steps."""
+    """docs/trainers.md's accelerate example, 5 steps."""
     accelerate.utils.set_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
     opt = opt_factory(model)

@@ -101,11 +101,11 @@ def test_mup_groups_through_the_factory_and_through_optimizers(tmp_path):
     model = gpt2()
     opt = fused_mup.create_optimizer(model, **kwargs)
     by_instance = train(model, tmp_path, optimizers=(opt, None))
-    twin = gpt2()
+    theirs = gpt2()
     baked = fused_mup.param_groups(
-        twin, "mup", width_mult=2.0, lr=3e-3, weight_decay=0.1, bake=True
+        theirs, "mup", width_mult=2.0, lr=3e-3, weight_decay=0.1, bake=True
     )
-    ref = train(twin, tmp_path, optimizers=(torch.optim.AdamW(baked), None))
+    ref = train(theirs, tmp_path, optimizers=(torch.optim.AdamW(baked), None))
     assert_same(by_factory, ref)
     assert_same(by_instance, ref)
     hidden = next(g for g in opt.param_groups if g["role"] == "hidden")

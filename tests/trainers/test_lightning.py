@@ -33,7 +33,7 @@ class Tiny(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, **kwargs):
         if not self.clip_with_fused:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, **kwargs)
-        # The README's opt-in: one launch for the norm, the coefficient applied in the step.
+        # docs/trainers.md's opt-in: one launch for the norm, the coefficient applied in the step.
         self.norms.append(float(optimizer.clip_grad_norm_(gradient_clip_val)))
 
 
@@ -69,8 +69,8 @@ def _quiet_lightning():
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "32-true"])
 def test_mixed_precision_with_gradient_clipping_matches_torch(precision: str) -> None:
-    """The README's Lightning example: `precision=...` + `gradient_clip_val` train exactly as
-    with torch.optim.AdamW. (16-mixed on CPU: Lightning uses a GradScaler there too.)"""
+    """docs/trainers.md's Lightning example: `precision=...` + `gradient_clip_val` train exactly
+    as with torch.optim.AdamW. (16-mixed on CPU: Lightning uses a GradScaler there too.)"""
     ours = fit(Tiny(fused_mup.AdamW), precision)
     ref = fit(Tiny(torch.optim.AdamW), precision)
     for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
