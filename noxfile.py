@@ -2,7 +2,8 @@
 
 - ``tests``: README.md's install line and test command, the whole suite on the pinned torch.
 - ``lowest``: the lower bounds of pyproject.toml (python, torch, triton, numpy), on the
-  optimizer, kernels, presets, check and compile tests (``MATRIX_TESTS``).
+  optimizer, kernels, presets, check, compile, distributed and torch_compat tests
+  (``MATRIX_TESTS``).
 - ``newest``: the newest torch that installs here (pip's configuration caps it), same tests.
 - ``gpu_stack`` (not run by default): the GPU machine's torch and triton, the whole suite and a
   CPU rehearsal of ``bench/gpu_check.sh``. Rerun it whenever that machine's versions change.
@@ -53,13 +54,18 @@ GPU_STACK = Stack(python="3.11", torch="2.11.0", triton="3.6.0")  # the GPU mach
 # mup pins an older torch than ours; it is only the reference the presets are tested against.
 MUP = "mup==1.0.0"
 EXTRAS = ".[test,docs]"
+MATRIX_EXTRAS = ".[test]"  # the docs build is the pinned session's
+# Where torch's internals show: the optimizer (compile, GradScaler, hooks, state dicts, DTensor),
+# the kernels, the presets, the parity check, DCP / FSDP2, and each private API's fallback.
 MATRIX_TESTS = [
     "tests/optim",
     "tests/kernels",
     "tests/presets",
     "tests/check",
+    "tests/distributed",
     "tests/test_launcher.py",
     "tests/test_ignored_keys.py",
+    "tests/test_torch_compat.py",
 ]
 
 
@@ -67,16 +73,20 @@ def interpreter(version: str) -> str:
     """A path to python``version``: pyenv's shims only answer for the active version, so its
     installs are looked up directly; else the name, for nox to find on PATH."""
     root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    for path in sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}")):
-        return path
-    return shutil.which(f"python{version}") or version
+    found = sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}"))
+    return found[-1] if found else shutil.which(f"python{version}") or version
 
 
-def install(session: nox.Session, stack: Stack) -> None:
+def install(session: nox.Session, stack: Stack, extras: str = MATRIX_EXTRAS) -> None:
     """torch, triton and numpy pinned in the same resolve as the package and its test extras,
     so nothing upgrades them; then a check that the pins are what runs."""
-    session.install(*stack.requirements(), "-e", EXTRAS)
+    session.install(*stack.requirements(), "-e", extras)
     session.install("--no-deps", MUP)
+    check_versions(session, stack)
+
+
+def check_versions(session: nox.Session, stack: Stack) -> None:
+    """Prints the versions that run, and fails if a pin is not among them."""
     want = f"{stack.torch!r}, {stack.triton!r}, {stack.numpy!r}"
     session.run(
         "python",
@@ -96,6 +106,7 @@ def tests(session: nox.Session) -> None:
     """README.md's install and test command: the whole suite."""
     session.install(*PINNED.requirements(), "-e", EXTRAS)
     session.install("--no-deps", MUP)
+    check_versions(session, PINNED)
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 
 
@@ -116,7 +127,7 @@ def newest(session: nox.Session) -> None:
 @nox.session(python=interpreter(GPU_STACK.python))
 def gpu_stack(session: nox.Session) -> None:
     """The GPU machine's torch and triton on the CPU: the suite, then gpu_check.sh's dry run."""
-    install(session, GPU_STACK)
+    install(session, GPU_STACK, EXTRAS)
     session.install("setuptools>=64", "wheel")  # gpu_check.sh installs --no-build-isolation
     session.run("python", "-m", "pytest", "-q", *session.posargs)
     out = tempfile.mkdtemp(prefix="gpu-check-dry-")
