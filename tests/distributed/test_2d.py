@@ -1,10 +1,11 @@
 """2-D parallel on 4 ranks, as torchtitan shards: tensor parallel on the "tp" dim of a 2×2 mesh,
 ``fully_shard`` on "dp". Fused clipping matches torch.optim.AdamW + clip_grad_norm_, and a DCP
 checkpoint saved on the 4 ranks loads on 2 (resharded) and resumes like the uninterrupted run.
+HSDP (Replicate × Shard) clips as torch does too.
 
 The model puts every placement the norm must weigh on the mesh: Shard(0) (uneven, 11 and 5 rows
 over 2), Shard(1), FSDP's _StridedShard, and Replicate on "tp" (the row-parallel bias, the
-sequence-parallel LayerNorm), whose local shards 2 ranks hold twice.
+sequence-parallel LayerNorm), whose local shards 2 ranks hold alike.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def parallel_2d(ctx: Ctx) -> TinyTP:
     return m
 
 
-def fsdp_1d(ctx: Ctx, mesh) -> TinyTP:
-    """The same model, FSDP only, on a 1-D mesh."""
+def fsdp_only(ctx: Ctx, mesh) -> TinyTP:
+    """The same model, FSDP only (HSDP on a 2-D mesh)."""
     from torch.distributed.fsdp import fully_shard
 
     m = _model(ctx)
@@ -146,6 +147,28 @@ def check_2d_clip(ctx: Ctx) -> None:
             ctx.expect_close(full(p), full(q), f"step {step}: {name}")
 
 
+def check_hsdp_clip(ctx: Ctx) -> None:
+    """HSDP (``fully_shard`` on a 2-D mesh: Replicate on "replicate", Shard on "shard"), every
+    param Replicate 2-fold: fused clipping vs torch's, 3 steps, different data per rank."""
+    max_norm = 0.05
+    mesh = ctx.mesh((DP, TP), ("replicate", "shard"))
+    fused_model, ref_model = fsdp_only(ctx, mesh), fsdp_only(ctx, mesh)
+    opt = fused(_groups(fused_model, bake=False))
+    ref = torch.optim.AdamW(_groups(ref_model, bake=True))
+    for step in range(3):
+        for m, o in ((fused_model, opt), (ref_model, ref)):
+            o.zero_grad()
+            _backward(ctx, m, step, ctx.rank)
+        norm = opt.clip_grad_norm_(max_norm)
+        ref_norm = full(torch.nn.utils.clip_grad_norm_(ref_model.parameters(), max_norm))
+        ctx.expect_close(full(norm).reshape(()), ref_norm.reshape(()), f"step {step}: norm")
+        ctx.expect(ref_norm.item() > 2 * max_norm, f"step {step}: clipping must be active")
+        opt.step()
+        ref.step()
+        for (name, p), q in zip(fused_model.named_parameters(), ref_model.parameters()):
+            ctx.expect_close(full(p), full(q), f"step {step}: {name}")
+
+
 def check_2d_clip_edges(ctx: Ctx) -> None:
     """An inf in a grad Replicate on tp: the norm is inf, as torch's (not nan). Params on two
     meshes, or Partial placements: NotImplementedError naming them, on every rank alike."""
@@ -169,7 +192,7 @@ def check_2d_clip_edges(ctx: Ctx) -> None:
             ctx.expect(want in str(e), f"the error must name {want!r}: {e}")
 
     mesh = _mesh_2d(ctx)
-    dp_only = fsdp_1d(ctx, mesh["dp"])  # its params live on the 1-D "dp" mesh
+    dp_only = fsdp_only(ctx, mesh["dp"])  # its params live on the 1-D "dp" mesh
     dp_only.norm.weight.grad = torch.ones_like(dp_only.norm.weight)
     refusal([*fused_model.parameters(), dp_only.norm.weight], "params on 2 device meshes")
     partial = nn.Parameter(DTensor.from_local(torch.ones(3), mesh, [Partial(), Partial()]))
@@ -239,7 +262,7 @@ def check_dcp_4_to_2(ctx: Ctx) -> None:
         if not on_2:
             continue
 
-        resumed = fsdp_1d(ctx, mesh_2)
+        resumed = fsdp_only(ctx, mesh_2)
         resumed_opt = _make_opt(cls, resumed)
         if cls == "fused":
             for g in resumed_opt.param_groups:  # the checkpoint must bring these back
@@ -271,6 +294,7 @@ def check_dcp_4_to_2(ctx: Ctx) -> None:
 CHECKS: dict[str, Callable[[Ctx], None]] = {
     "2d_clip": check_2d_clip,
     "2d_clip_edges": check_2d_clip_edges,
+    "hsdp_clip": check_hsdp_clip,
     "dcp_4_to_2": check_dcp_4_to_2,
 }
 
