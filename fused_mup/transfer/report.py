@@ -269,16 +269,7 @@ def write_report(
     dmax = int(W[-1])
     lines = [f"# fused-mup transfer: {spec.name if spec else out.name}", ""]
     if partial is not None:
-        lines += [
-            f"**Partial result: {partial['finished']} of {partial['total']} runs finished.** "
-            "Only (preset, seed) sweeps with every width and LR finished are used: "
-            + (", ".join(f"{p} seeds {s}" for p, s in partial["complete"].items()) or "none")
-            + ". Unfinished: "
-            + (", ".join(f"{p} seed {s} ({k})" for p, s, k in partial["unfinished"]) or "none")
-            + ". Rerun the same command to resume; this report is regenerated from "
-            "`results.jsonl`.",
-            "",
-        ]
+        lines += _partial_banner(partial)
     wall_s = None
     if timing:
         wall_s = sum(t["wall_s"] for t in timing)
@@ -477,6 +468,29 @@ def completeness(
     return used, info
 
 
+def _partial_banner(partial: dict[str, Any]) -> list[str]:
+    return [
+        f"**Partial result: {partial['finished']} of {partial['total']} runs finished.** "
+        "Only (preset, seed) sweeps with every width and LR finished are used: "
+        + (", ".join(f"{p} seeds {s}" for p, s in partial["complete"].items()) or "none")
+        + ". Unfinished: "
+        + (", ".join(f"{p} seed {s} ({k})" for p, s, k in partial["unfinished"]) or "none")
+        + ". Rerun the same command to resume; this report is regenerated from "
+        "`results.jsonl`.",
+        "",
+    ]
+
+
+def _write_progress_only(out: Path, spec: SweepSpec, partial: dict[str, Any]) -> dict[str, Any]:
+    # Runs have finished but no (preset, seed) sweep is whole yet: say what is done, no numbers.
+    lines = [f"# fused-mup transfer: {spec.name}", "", *_partial_banner(partial)]
+    lines += ["No (preset, seed) sweep is complete yet, so there are no results to report.", ""]
+    payload = {"spec": spec.to_json(), "partial": partial}
+    (out / "metrics.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return payload
+
+
 def make_report(
     out_dir: str | Path,
     spec: SweepSpec | None = None,
@@ -509,8 +523,10 @@ def make_report(
         ids = {run_key_id(c.key()) for c in spec.resolved().runs()}
         recs = [r for r in recs if r.get("id") in ids]
         recs, partial = completeness(recs, spec)
+    if not recs and partial is not None and partial["finished"]:
+        return _write_progress_only(out, spec, partial)
     if not recs:
-        raise SystemExit(f"no complete (preset, seed) sweep yet in {out / RESULTS}")
+        raise SystemExit(f"no results for this sweep in {out / RESULTS}")
     return write_report(
         out,
         recs,

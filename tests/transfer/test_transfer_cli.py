@@ -208,3 +208,9 @@ def test_partial_report_uses_whole_seeds_and_says_what_is_missing(tmp_path):
     # sp_emb has 2 whole seeds: its shares show a range, the other presets' 3 seeds intervals
     assert m["presets"]["sp_emb"]["L_star"]["32"]["n"] == 2
     assert m["presets"]["sp"]["L_star"]["32"]["interval"] is not None
+    # nothing whole yet: the report says how far the sweep got, and has no numbers
+    first = [r for r in recs if r["key"]["seed"] == 0][:2]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first))
+    m = make_report(tmp_path, n_boot=0, plots=False)
+    assert m["partial"]["finished"] == 2 and "presets" not in m
+    assert "No (preset, seed) sweep is complete yet" in (tmp_path / "report.md").read_text()
