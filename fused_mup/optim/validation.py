@@ -14,6 +14,7 @@ from fused_mup.presets.groups import WEIGHT_DECAY_MODES
 
 __all__ = [
     "BACKENDS",
+    "DEPRECATED_BACKENDS",
     "EXTRA_GROUP_KEYS",
     "KERNEL_DTYPES",
     "WEIGHT_DECAY_MODES",
