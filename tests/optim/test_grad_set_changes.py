@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from devices import kernel_devices
+from devices import backend_devices
 from tolerances import assert_close
 
 import fused_mup
@@ -52,14 +52,7 @@ def _run(opt, params, routes, seed=1):
         opt.step()
 
 
-BACKENDS = [
-    pytest.param("auto", "cpu", id="auto-cpu"),
-    pytest.param("reference", "cpu", id="reference-cpu"),
-]
-BACKENDS += [
-    pytest.param("triton", d.values[0], marks=d.marks, id=f"triton-{d.values[0]}")
-    for d in kernel_devices()
-]
+BACKENDS = backend_devices("auto", "reference")
 
 
 @pytest.mark.parametrize("backend, device", BACKENDS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from devices import kernel_devices
+from devices import backend_devices
 from torch import nn
 
 import fused_mup
@@ -19,15 +19,7 @@ from fused_mup.launcher import KernelConfig
 
 SMALL_TILES = KernelConfig(block=32, chunk_size=64)
 SIZES = [(5, 7), (70,), (3,)]  # 70: two chunks of one tensor, one of them a masked tail
-# (backend, device): "auto" on CPU tensors runs torch's fused CPU kernel per group.
-BACKENDS = [
-    pytest.param("reference", "cpu", id="reference-cpu"),
-    pytest.param("auto", "cpu", id="auto-cpu"),
-]
-BACKENDS += [
-    pytest.param("triton", d.values[0], marks=d.marks, id=f"kernel-{d.values[0]}")
-    for d in kernel_devices()
-]
+BACKENDS = backend_devices("reference", "auto")  # auto on CPU: torch's fused CPU kernel
 
 
 def _params(device):

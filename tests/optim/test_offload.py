@@ -16,7 +16,7 @@ import gc
 
 import pytest
 import torch
-from devices import kernel_devices
+from devices import backend_devices
 from tolerances import assert_close
 from torch.multiprocessing.reductions import StorageWeakRef
 
@@ -67,17 +67,7 @@ def _moved_storages(how, model, opt):
     return [StorageWeakRef(t.untyped_storage()) for t in tensors]
 
 
-@pytest.mark.parametrize(
-    "backend, device",
-    [
-        pytest.param("auto", "cpu", id="auto-cpu"),
-        pytest.param("reference", "cpu", id="reference-cpu"),
-    ]
-    + [
-        pytest.param("triton", d.values[0], marks=d.marks, id=f"triton-{d.values[0]}")
-        for d in kernel_devices()
-    ],
-)
+@pytest.mark.parametrize("backend, device", backend_devices("auto", "reference"))
 @pytest.mark.parametrize("how", MOVES)
 def test_moved_storages_are_freed_and_the_next_step_matches_torch(how, backend, device):
     ours, theirs = _model(device), _model(device)

@@ -8,7 +8,7 @@ import io
 
 import pytest
 import torch
-from devices import kernel_devices
+from devices import backend_devices, kernel_devices
 from tolerances import assert_close
 
 import fused_mup
@@ -157,14 +157,7 @@ def test_new_grads_that_change_layout_are_copied_to_the_params(device):
             assert_close(a, b, torch.float32, f"step {step}, param {i}")
 
 
-@pytest.mark.parametrize(
-    "backend, device",
-    [pytest.param("auto", "cpu", id="auto-cpu")]
-    + [
-        pytest.param("triton", d.values[0], marks=d.marks, id=f"triton-{d.values[0]}")
-        for d in kernel_devices()
-    ],
-)
+@pytest.mark.parametrize("backend, device", backend_devices("auto"))
 def test_grad_restrided_at_the_same_address_is_paired_by_index(backend, device):
     """A reused grad buffer handed over as a transposed view keeps its data_ptr: the layout
     must be rechecked anyway, or p[i, j] is paired with g[j, i] (max error 0.026 after 3
