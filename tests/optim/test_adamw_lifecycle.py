@@ -1,271 +1,44 @@
-"""Schedulers, GradScaler, checkpoints, param groups added mid-run, storage that moves."""
+"""The plan's lifecycle: param groups added mid-run, params without grads, storage that moves or
+is replaced, state assigned or cleared, kernel configs changed, all against torch.optim.AdamW."""
 
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
 from devices import DEVICES, kernel_devices
+from lifecycle_models import (
+    FP32,
+    assert_models_close,
+    baked,
+    batch,
+    loss_fn,
+    model_groups,
+    ours,
+    tiny_model,
+    train,
+)
 from tolerances import assert_close
 from torch import nn
 
 import fused_mup
-from fused_mup import launcher
 from fused_mup.launcher import KernelConfig
 
-SMALL_TILES = KernelConfig(block=32, chunk_size=64)
-FP32 = torch.float32
+
+def _pair(device, n=40, **kw):
+    a = torch.randn(n, device=device, requires_grad=True)
+    opt = ours([a], device, lr=1e-2, **kw)
+    r = a.detach().clone().requires_grad_()
+    ref = torch.optim.AdamW([r], lr=1e-2, **kw)
+    return a, opt, r, ref
 
 
-def tiny_model(device, seed=0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Embedding(11, 6), nn.Linear(6, 9), nn.GELU(), nn.LayerNorm(9), nn.Linear(9, 11)
-    ).to(device)
-
-
-def model_groups(model, lr_mults=(2.0, 0.5, 1.0), wd=0.1):
-    params = list(model.parameters())
-    return [
-        {"params": params[0:1], "lr_mult": lr_mults[0], "wd_mult": 0.0},
-        {"params": params[1:3], "lr_mult": lr_mults[1], "wd_mult": 2.0},
-        {"params": params[3:], "lr_mult": lr_mults[2], "weight_decay": wd},
-    ]
-
-
-def baked(groups, defaults_lr, defaults_wd):
-    out = []
-    for g in groups:
-        lr = g.get("lr", defaults_lr)
-        wd = g.get("weight_decay", defaults_wd)
-        out.append(
-            {
-                "params": g["params"],
-                "lr": lr * g.get("lr_mult", 1.0),
-                "weight_decay": wd * g.get("wd_mult", 1.0),
-            }
-        )
-    return out
-
-
-def batch(device, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 11, (4, 5), generator=gen).to(device)
-
-
-def loss_fn(model, tokens):
-    logits = model(tokens)
-    return nn.functional.cross_entropy(logits.reshape(-1, 11), tokens.roll(1, 1).reshape(-1))
-
-
-def ours(params_or_groups, device, **kw):
-    return fused_mup.AdamW(params_or_groups, backend="triton", kernel_config=SMALL_TILES, **kw)
-
-
-def assert_models_close(a: nn.Module, b: nn.Module, what: str):
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        assert_close(pa, pb, FP32, f"{what}: {name}")
-
-
-def train(model, opt, device, steps, start=0, scheduler=None, scaler=None, inject_inf_at=()):
-    for step in range(start, start + steps):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch(device, step))
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            if step in inject_inf_at:
-                next(model.parameters()).grad.view(-1)[0] = float("inf")
-            scaler.step(opt)
-            scaler.update()
-        if scheduler is not None:
-            scheduler.step()
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_lr_scheduler_rewrites_lr_and_multipliers_stay(device):
-    m_ours, m_ref = tiny_model(device), tiny_model(device)
-    opt = ours(model_groups(m_ours), device, lr=1e-2, weight_decay=0.05)
-    ref = torch.optim.AdamW(baked(model_groups(m_ref), 1e-2, 0.05))
-    warmup = lambda s: min(1.0, (s + 1) / 4) * 0.5 ** (s // 5)  # noqa: E731
-    s_ours = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
-    s_ref = torch.optim.lr_scheduler.LambdaLR(ref, warmup)
-    train(m_ours, opt, device, 12, scheduler=s_ours)
-    train(m_ref, ref, device, 12, scheduler=s_ref)
-    assert_models_close(m_ours, m_ref, "LambdaLR")
-    assert [g["lr_mult"] for g in opt.param_groups] == [2.0, 0.5, 1.0]
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * warmup(12))
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_independent_weight_decay_is_torch_decay_divided_by_peak_lr(device):
-    """independent: p *= 1 - (lr / initial_lr) * wd * wd_mult. In torch's coupled terms that is
-    weight_decay = wd * wd_mult / (initial_lr * lr_mult), which we hand to torch.optim.AdamW."""
-    m_ours, m_ref = tiny_model(device), tiny_model(device)
-    groups = model_groups(m_ours, wd=1e-3)
-    for g in groups:
-        g["weight_decay_mode"] = "independent"
-        g["weight_decay"] = g.get("weight_decay", 2e-3)
-    opt = ours(groups, device, lr=1e-2)
-    ref_groups = []
-    for g, p in zip(groups, model_groups(m_ref)):
-        lr = 1e-2 * g["lr_mult"]
-        wd = g["weight_decay"] * g["wd_mult"] / lr
-        ref_groups.append({"params": p["params"], "lr": lr, "weight_decay": wd})
-    ref = torch.optim.AdamW(ref_groups)
-    decay = lambda s: 1.0 / (1 + s)  # noqa: E731
-    s_ours = torch.optim.lr_scheduler.LambdaLR(opt, decay)
-    s_ref = torch.optim.lr_scheduler.LambdaLR(ref, decay)
-    train(m_ours, opt, device, 10, scheduler=s_ours)
-    train(m_ref, ref, device, 10, scheduler=s_ref)
-    assert_models_close(m_ours, m_ref, "independent decay")
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_grad_scaler_skips_inf_step_and_matches_torch(device, monkeypatch):
-    seen_scales = []
-    real_launch = launcher.launch
-
-    def spy(bucket, groups, grad_scale, found_inf, config, **kwargs):
-        seen_scales.append(grad_scale)
-        return real_launch(bucket, groups, grad_scale, found_inf, config, **kwargs)
-
-    monkeypatch.setattr(launcher, "launch", spy)
-    m_ours, m_ref = tiny_model(device), tiny_model(device)
-    opt = ours(model_groups(m_ours), device, lr=1e-2)
-    ref = torch.optim.AdamW(baked(model_groups(m_ref), 1e-2, 1e-2))
-    sc_ours = torch.amp.GradScaler(device, init_scale=2.0**10, growth_interval=3)
-    sc_ref = torch.amp.GradScaler(device, init_scale=2.0**10, growth_interval=3)
-    train(m_ours, opt, device, 4, scaler=sc_ours)
-    train(m_ref, ref, device, 4, scaler=sc_ref)
-
-    # The inf step: nothing may change, step counts included; the scale backs off.
-    before = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in m_ours.parameters()]
-    scale_before = sc_ours.get_scale()
-    train(m_ours, opt, device, 1, start=4, scaler=sc_ours, inject_inf_at=(4,))
-    train(m_ref, ref, device, 1, start=4, scaler=sc_ref, inject_inf_at=(4,))
-    assert sc_ours.get_scale() == scale_before / 2 == sc_ref.get_scale()
-    for p, old in zip(m_ours.parameters(), before[1]):
-        assert torch.equal(p, old), "an inf step changed a param"
-    for pid, st in opt.state_dict()["state"].items():
-        for key, value in st.items():
-            assert torch.equal(value, before[0]["state"][pid][key]), f"inf step changed {key}"
-
-    train(m_ours, opt, device, 5, start=5, scaler=sc_ours)
-    train(m_ref, ref, device, 5, start=5, scaler=sc_ref)
-    assert_models_close(m_ours, m_ref, "GradScaler")
-    # As with torch.optim.AdamW (and so that Lightning allows gradient_clip_val), GradScaler
-    # unscales the grads itself and skips the inf step; the fused route, where the kernel
-    # unscales, is clip_grad_norm_(grad_scaler=...) (tests/optim/test_grad_norm.py).
-    assert opt._step_supports_amp_scaling is False
-    assert len(seen_scales) == 9 and all(s.item() == 1 for s in seen_scales)
-    steps = {v["step"].item() for v in opt.state_dict()["state"].values()}
-    assert steps == {9.0} == {v["step"].item() for v in ref.state_dict()["state"].values()}
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_grad_scaler_with_unscale_and_clip(device):
-    """unscale_ first (grads arrive unscaled, grad_scale is None), clip, then step."""
-    m_ours, m_ref = tiny_model(device), tiny_model(device)
-    opt = ours(m_ours.parameters(), device, lr=1e-2)
-    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2)
-    for model, o in ((m_ours, opt), (m_ref, ref)):
-        scaler = torch.amp.GradScaler(device, init_scale=2.0**8)
-        for step in range(6):
-            o.zero_grad()
-            scaler.scale(loss_fn(model, batch(device, step))).backward()
-            scaler.unscale_(o)
-            nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-            scaler.step(o)
-            scaler.update()
-    assert_models_close(m_ours, m_ref, "unscale_ + clip")
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_state_dict_round_trip_mid_run(device):
-    m_full, m_half = tiny_model(device), tiny_model(device)
-    o_full = ours(model_groups(m_full), device, lr=1e-2, amsgrad=True)
-    train(m_full, o_full, device, 10)
-
-    o_half = ours(model_groups(m_half), device, lr=1e-2, amsgrad=True)
-    train(m_half, o_half, device, 5)
-    buffer = io.BytesIO()
-    torch.save({"model": m_half.state_dict(), "opt": o_half.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, map_location="cpu")  # a CPU copy, as from a checkpoint on disk
-    m_new = tiny_model(device, seed=123)
-    m_new.load_state_dict(saved["model"])
-    o_new = ours(model_groups(m_new, lr_mults=(7.0, 7.0, 7.0)), device, lr=1e-2, amsgrad=True)
-    o_new.load_state_dict(saved["opt"])
-    # The checkpoint carries lr_mult, so the loaded groups are the saved ones.
-    assert [g["lr_mult"] for g in o_new.param_groups] == [2.0, 0.5, 1.0]
-    for st in o_new.state.values():
-        assert st["step"].device == torch.device(device) and st["step"].item() == 5
-        assert st["exp_avg"].device.type == torch.device(device).type
-    train(m_new, o_new, device, 5, start=5)
-    assert_models_close(m_new, m_full, "resumed vs uninterrupted")
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_torch_checkpoint_loads_into_fused_and_back(device):
-    m_torch, m_ref = tiny_model(device), tiny_model(device)
-    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2)
-    train(m_ref, ref, device, 10)
-
-    # torch -> fused_mup at step 5.
-    t5 = torch.optim.AdamW(m_torch.parameters(), lr=1e-2)
-    train(m_torch, t5, device, 5)
-    m_ours = copy.deepcopy(m_torch)
-    opt = ours(m_ours.parameters(), device, lr=1e-2)
-    opt.load_state_dict(copy.deepcopy(t5.state_dict()))
-    train(m_ours, opt, device, 5, start=5)
-    assert_models_close(m_ours, m_ref, "torch checkpoint continued by fused_mup")
-
-    # fused_mup -> torch at step 5.
-    m_a = tiny_model(device)
-    o_a = ours(m_a.parameters(), device, lr=1e-2)
-    train(m_a, o_a, device, 5)
-    m_b = copy.deepcopy(m_a)
-    o_b = torch.optim.AdamW(m_b.parameters(), lr=1e-2)
-    o_b.load_state_dict(copy.deepcopy(o_a.state_dict()))
-    train(m_b, o_b, device, 5, start=5)
-    assert_models_close(m_b, m_ref, "fused_mup checkpoint continued by torch")
-
-
-def test_torch_checkpoint_keeps_our_multipliers():
-    model = tiny_model("cpu")
-    t = torch.optim.AdamW(baked(model_groups(model), 1e-2, 1e-2))
-    train(model, t, "cpu", 1)
-    opt = fused_mup.AdamW(model_groups(model), lr=1e-2)
-    opt.load_state_dict(t.state_dict())
-    assert [g["lr_mult"] for g in opt.param_groups] == [2.0, 0.5, 1.0]
-    assert [g["wd_mult"] for g in opt.param_groups] == [0.0, 2.0, 1.0]
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_fp32_states_survive_checkpoint_of_bf16_params(device):
-    model = tiny_model(device).bfloat16()
-    opt = ours(model.parameters(), device, state_dtype=torch.float32)
-    for step in range(3):
-        loss_fn(model, batch(device, step)).float().backward()
-        opt.step()
-    saved = torch.load(io.BytesIO(_saved(opt.state_dict())), map_location="cpu")
-    opt2 = ours(model.parameters(), device, state_dtype=torch.float32)
-    opt2.load_state_dict(saved)
-    for p in model.parameters():
-        for key in ("exp_avg", "exp_avg_sq"):
-            assert opt2.state[p][key].dtype == torch.float32
-            assert torch.equal(opt2.state[p][key], opt.state[p][key])
-
-
-def _saved(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
+def _step_both(a, opt, r, ref, device):
+    g = torch.randn(a.shape, device=device)
+    a.grad, r.grad = g.clone(), g.clone()
+    opt.step()
+    ref.step()
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -432,21 +205,6 @@ def test_state_dict_assigned_per_param_is_picked_up(device):
     assert opt.state[a]["step"].item() == 3
 
 
-def _pair(device, n=40, **kw):
-    a = torch.randn(n, device=device, requires_grad=True)
-    opt = ours([a], device, lr=1e-2, **kw)
-    r = a.detach().clone().requires_grad_()
-    ref = torch.optim.AdamW([r], lr=1e-2, **kw)
-    return a, opt, r, ref
-
-
-def _step_both(a, opt, r, ref, device):
-    g = torch.randn(a.shape, device=device)
-    a.grad, r.grad = g.clone(), g.clone()
-    opt.step()
-    ref.step()
-
-
 @pytest.mark.parametrize("device", kernel_devices())
 def test_state_entries_replaced_or_cleared_are_picked_up(device):
     a, opt, r, ref = _pair(device)
@@ -517,18 +275,3 @@ def test_a_clip_no_step_consumed_does_not_leak(device):
         opt.step()
     ref.step()
     assert_close(a, r, FP32, "a stale clip is not applied")
-
-
-@pytest.mark.parametrize("device", kernel_devices())
-def test_independent_decay_is_relative_to_one_cycle_max_lr(device):
-    """OneCycleLR's initial_lr is the warm-up start; independent decay uses its max_lr."""
-    m_ours, m_ref = tiny_model(device), tiny_model(device)
-    opt = ours(m_ours.parameters(), device, lr=1e-2, weight_decay=1e-3)
-    for g in opt.param_groups:
-        g["weight_decay_mode"] = "independent"
-    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2, weight_decay=1e-3 / 1e-2)
-    s_ours = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=10)
-    s_ref = torch.optim.lr_scheduler.OneCycleLR(ref, max_lr=1e-2, total_steps=10)
-    train(m_ours, opt, device, 6, scheduler=s_ours)
-    train(m_ref, ref, device, 6, scheduler=s_ref)
-    assert_models_close(m_ours, m_ref, "independent decay under OneCycleLR")
