@@ -11,6 +11,7 @@ import torch
 
 from fused_mup.bench.environment import environment_info
 from fused_mup.bench.host_cost import (
+    HOST_IMPLS,
     HostCostConfig,
     default_host_cost_dir,
     format_host_cost,
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host-instructions",
         action="store_true",
         help="the same host path as --host-cost, counted in instructions by callgrind (CPU, "
-        "needs valgrind; repeatable on a loaded machine; about 10 minutes on 2 cores)",
+        "needs valgrind; repeatable on a loaded machine; minutes of CPU per child process; "
+        "--impls fused_mup counts one implementation with half the children)",
     )
     size.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     size.add_argument(
@@ -295,10 +297,15 @@ def _host_instructions(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error(
             f"--workloads: unknown workload(s) {bad} for --host-instructions; known: {known}"
         )
+    if bad := [i for i in args.impls or [] if i not in HOST_IMPLS]:
+        parser.error(
+            f"--impls: {bad} not counted by --host-instructions; known: {list(HOST_IMPLS)}"
+        )
     cfg = HostInstructionsConfig(
         workloads=args.workloads,
         progress=not args.no_progress,
         out=_out_dir(args, default_host_instructions_dir()),
+        impls=tuple(args.impls or HOST_IMPLS),
     )
     results = run_host_instructions(cfg)
     print(format_host_instructions(results) + f"\nwrote {cfg.out}/results.json, results.md")

@@ -30,6 +30,10 @@ NO_CUDA = not torch.cuda.is_available()
         (["--rounds", "5"], "--rounds: only for --step-ratio and --host-cost"),
         (["--step-ratio", "--workloads", "gpt9"], "unknown workload(s) ['gpt9'] for --step-ratio"),
         (["--host-cost", "--workloads", "gpt2-124m"], "for --host-cost; known: ['150x4096'"),
+        (
+            ["--host-instructions", "--impls", "torch_foreach"],
+            "--impls: ['torch_foreach'] not counted by --host-instructions",
+        ),
         (["--workloads", ","], "--workloads: expected at least one name"),
         pytest.param(
             ["--device", "cuda"],
@@ -176,3 +180,14 @@ def test_host_cost_stubs_reach_the_kernel_path(tmp_path) -> None:
     assert [r["grads"] for r in res["rows"]] == ["grads kept", "grads new"]
     assert all(r["ratio_vs_torch_fused"] > 0 for r in res["rows"])
     assert "| 150x4096 | 5 | grads new |" in (tmp_path / "results.md").read_text()
+
+
+def test_host_instructions_counts_the_impls_asked_for(monkeypatch, tmp_path) -> None:
+    from fused_mup.bench import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "run_host_instructions", lambda cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(cli, "format_host_instructions", lambda results: "")
+    argv = ["--host-instructions", "--workloads", "moe-634", "--impls", "fused_mup"]
+    assert bench.main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    assert seen["cfg"].impls == ("fused_mup",) and seen["cfg"].workloads == ["moe-634"]
