@@ -60,8 +60,8 @@ def weight_decay_spec(quick: bool = True, standard: bool = False, **kw: Any) -> 
             max_bytes=2_000_000,
             device="cpu",
         )
-    else:  # one GPU: ~7e16 FLOPs, see docs/transfer.md "Sizing"
-        base.update(widths=(128, 256, 512), base_width=128, lrs=pow2(-12, -6), seeds=(0, 1))
+    else:  # one GPU: ~9e16 FLOPs with 3 seeds, see docs/transfer.md "Sizing"
+        base.update(widths=(128, 256, 512), base_width=128, lrs=pow2(-12, -6), seeds=(0, 1, 2))
     base.update(kw)
     return SweepSpec(**base)
 
