@@ -172,7 +172,12 @@ def run_host_instructions(cfg: HostInstructionsConfig) -> dict[str, Any]:
             if mode == "set changing":
                 steady = rows[-2]["instructions_per_step"]
                 rows[-1]["ratio_vs_steady"] = {i: per_step[i] / steady[i] for i in impls}
-    results = {"meta": meta, "rows": rows}
+    # Every child's raw count too: another commit's children can be compared or reused.
+    raw = [
+        {"workload": n, "grads": m, "impl": i, "steps": k, "instructions": c}
+        for (n, m, i, k), c in collected.items()
+    ]
+    results = {"meta": meta, "rows": rows, "collected": raw}
     write_json_and_markdown(results, cfg.out, format_host_instructions)
     return results
 

@@ -131,7 +131,9 @@ def test_instructions_parent_reports_changing_against_steady(monkeypatch, tmp_pa
     cfg = host_instructions.HostInstructionsConfig(
         workloads=[MOE], steps=10, progress=False, out=tmp_path
     )
-    steady, changing = host_instructions.run_host_instructions(cfg)["rows"]
+    results = host_instructions.run_host_instructions(cfg)
+    steady, changing = results["rows"]
+    assert len(results["collected"]) == 12  # 2 regimes x (2 impls + handover) x (0, 10 steps)
     assert steady["instructions_per_step"] == {"fused_mup": 300.0, "torch_fused": 900.0}
     assert changing["instructions_per_step"] == {"fused_mup": 400.0, "torch_fused": 1000.0}
     assert changing["ratio_vs_steady"] == pytest.approx({"fused_mup": 4 / 3, "torch_fused": 10 / 9})
