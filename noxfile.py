@@ -1,4 +1,5 @@
-"""The test environments, one nox session each; ``.ci/run`` runs the default three.
+"""The test environments, one nox session each. ``.ci/run`` runs README.md's install and test
+command itself (what the ``tests`` session runs), then ``lowest`` and ``newest``.
 
 - ``tests``: README.md's install line and test command, the whole suite on the pinned torch.
 - ``lowest``: the lower bounds of pyproject.toml (python, torch, triton, numpy), on the
@@ -53,6 +54,9 @@ GPU_STACK = Stack(python="3.11", torch="2.11.0", triton="3.6.0")  # the GPU mach
 
 # mup pins an older torch than ours; it is only the reference the presets are tested against.
 MUP = "mup==1.0.0"
+# README.md's install line: torchtitan (tests/distributed/test_torchtitan.py) without its
+# requirements (datasets, wandb, torchdata); the matrix sessions leave it out (the test skips).
+TORCHTITAN = ["torchtitan==0.3.0", "spmd_types==0.2.3"]
 EXTRAS = ".[test,docs]"
 MATRIX_EXTRAS = ".[test]"  # the docs build is the pinned session's
 # Where torch's internals show: the optimizer (compile, GradScaler, hooks, state dicts, DTensor),
@@ -105,7 +109,7 @@ def check_versions(session: nox.Session, stack: Stack) -> None:
 def tests(session: nox.Session) -> None:
     """README.md's install and test command: the whole suite."""
     session.install(*PINNED.requirements(), "-e", EXTRAS)
-    session.install("--no-deps", MUP)
+    session.install("--no-deps", MUP, *TORCHTITAN)
     check_versions(session, PINNED)
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 
