@@ -9,7 +9,7 @@ Private names the package calls, where, and what happens where one is missing:
 
 - ``torch._fused_adamw_``: torch's fused CPU AdamW, called by ``optim/cpu_fused.py`` through
   :func:`fused_adamw_` (and stubbed by the host-cost benches in ``bench/``). Missing:
-  :func:`fused_adamw_` runs the plain twin, ``fused_mup.reference.adamw_step_``, per tensor,
+  :func:`fused_adamw_` runs the reference path, ``fused_mup.reference.adamw_step_``, per tensor,
   with the op's contract.
 - ``torch._foreach_add_``, ``torch._foreach_sub_``, ``torch._foreach_mul_``: the step counts and
   the lr=0 decay in ``optim/cpu_fused.py``. No fallback: torch.optim's default (foreach) path is
@@ -113,8 +113,8 @@ def _fused_adamw_fallback(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
-    """The plain twin per tensor, with ``torch._fused_adamw_``'s contract."""
-    from fused_mup.reference import adamw_step_  # the twin imports the package's tables
+    """The reference path per tensor, with ``torch._fused_adamw_``'s contract."""
+    from fused_mup.reference import adamw_step_  # the reference path imports the package's tables
 
     for i, (p, g, m, v, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, state_steps)):
         adamw_step_(
@@ -123,7 +123,7 @@ def _fused_adamw_fallback(
             m,
             v,
             max_exp_avg_sqs[i] if amsgrad else None,
-            # The op takes the step already counted and leaves it alone; the twin counts it.
+            # The op takes the step already counted and leaves it alone; the reference path counts it.
             step - 1,
             lr=float(lr),
             decay=float(lr) * weight_decay,
