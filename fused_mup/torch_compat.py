@@ -114,7 +114,7 @@ def _fused_adamw_fallback(
     found_inf: Tensor | None = None,
 ) -> None:
     """The reference path per tensor, with ``torch._fused_adamw_``'s contract."""
-    from fused_mup.reference import adamw_step_  # the reference path imports the package's tables
+    from fused_mup.reference import adamw_step_  # imports the package's tables
 
     for i, (p, g, m, v, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, state_steps)):
         adamw_step_(
@@ -123,7 +123,7 @@ def _fused_adamw_fallback(
             m,
             v,
             max_exp_avg_sqs[i] if amsgrad else None,
-            # The op takes the step already counted and leaves it alone; the reference path counts it.
+            # The op takes the step already counted and leaves it alone; the reference counts it.
             step - 1,
             lr=float(lr),
             decay=float(lr) * weight_decay,
