@@ -17,7 +17,7 @@ ARMS = {
     "mup-zero-readout": "mup with a zero-initialized readout",
     "horizon-400": "400 steps instead of 100",
 }
-here = Path(__file__).parent
+here = Path(__file__).resolve().parent.parent / "results" / "transfer-mup"  # the arms run.sh wrote
 lines = [
     "# Full muP at d = 128 (m = 8): one change per arm, 1 seed",
     "",
