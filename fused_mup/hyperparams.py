@@ -57,13 +57,14 @@ def peak_lr(group: dict[str, Any], lr: float) -> float:
     return peak
 
 
-def effective(group: dict[str, Any], lr: Any = None, peak: float | None = None) -> Effective:
+def effective(group: dict[str, Any], lr: Any = None, peak: Any = None) -> Effective:
     """The effective hyperparameters of ``group`` at ``lr`` (default: the group's own).
 
     lr_eff = lr · lr_mult; decay = lr_eff · weight_decay · wd_mult ("coupled", torch's rule) or
     (lr / peak) · weight_decay · wd_mult ("independent"). Without ``peak``, independent decay
     records and uses :func:`peak_lr`. ``lr`` may be a tensor (``differentiable=True`` keeps its
-    graph); independent decay then needs ``peak``.
+    graph); independent decay then needs ``peak``, a float or (``capturable=True``) a tensor on
+    lr's device, which keeps every result there.
     """
     if lr is None:
         lr = group["lr"]
